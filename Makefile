@@ -1,0 +1,58 @@
+# The agent mesh. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STACK := $(PYTHON) infra/stack.py
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up down status topics demo test unit lint typecheck check schemas bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed ## create the Python environment with every dependency
+
+up: venv ## start Kafka, Postgres and Redis locally and create the topics (idempotent)
+	$(STACK) up
+	$(BIN)/mesh topics ensure
+
+down: ## stop the local stack processes that `make up` started
+	$(STACK) down
+
+status: ## show which stack services run
+	$(STACK) status
+
+topics: venv ## create missing topics and report drift
+	$(BIN)/mesh topics ensure
+
+demo: venv ## run the onboarding demo end to end on the local stack
+	$(STACK) with-stack -- $(BIN)/mesh demo
+
+test: venv check ## lint, type-check and run every test on the real stack
+	$(STACK) with-stack -- $(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv ## run the tests that need no services
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+lint: venv ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv ## mypy --strict
+	$(BIN)/mypy agents schemas topics infra tests
+
+check: lint typecheck ## every static gate
+
+schemas: venv ## rewrite the .avsc files from the event models (refuses incompatible changes)
+	$(BIN)/mesh schemas export
+
+clean: down ## stop the stack and delete its data and the Python environment
+	rm -rf .mesh $(VENV) infra/kafka/target

@@ -1,0 +1,255 @@
+"""The typed events of the topic contract (docs/contract.md).
+
+Each event is a pydantic model whose Avro schema lives in ``schemas/<Name>.avsc``; the two are
+kept in agreement by ``schemas.derive`` and a test. Every event carries the shared ``Envelope``.
+Free-form payloads (tool arguments, results, evidence) are JSON objects carried as Avro strings,
+because their shape belongs to the tool, not to the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from agents import __version__
+
+
+def _parse_json_object(value: Any) -> Any:
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def _dump_json_object(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+JsonObject = Annotated[
+    dict[str, Any],
+    BeforeValidator(_parse_json_object),
+    PlainSerializer(_dump_json_object, return_type=str),
+    Field(json_schema_extra={"avro_json": True}),
+]
+"""A JSON object in Python, a JSON string on the wire."""
+
+
+def now() -> datetime:
+    """The current time, timezone-aware, at the microsecond precision Avro keeps."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh unique identifier (UUID4, hex form)."""
+    return uuid.uuid4().hex
+
+
+class Record(BaseModel):
+    """Base of every contract model: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Envelope(Record):
+    """What every event says about itself: identity, goal, time, producer, causality."""
+
+    event_id: str = Field(default_factory=new_id, description="unique; used for de-duplication")
+    goal_id: str = Field(description="the goal this event belongs to ('' when none)")
+    occurred_at: datetime = Field(default_factory=now)
+    producer_agent: str = Field("client", description="agent role that produced the event")
+    producer_version: str = Field(
+        default_factory=lambda: __version__, description="version of the producing agent"
+    )
+    correlation_id: str = Field("", description="groups events of one conversation")
+    causation_id: str | None = Field(None, description="event_id of the event that caused this")
+
+
+class Usage(Record):
+    """Tokens and money spent producing an event."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Event(Record):
+    """Base of the events; subclasses are the types dispatched on."""
+
+    schema_name: ClassVar[str]
+    envelope: Envelope
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.schema_name = f"mesh.{cls.__name__}"
+
+    @property
+    def goal_id(self) -> str:
+        return self.envelope.goal_id
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.event_id
+
+
+class GoalSubmitted(Event):
+    """A user's goal enters the mesh."""
+
+    text: str = Field(description="the goal in the user's words")
+    input: JsonObject = Field(default_factory=dict, description="structured input for the tools")
+    max_steps: int = Field(25, description="most task attempts the goal may use")
+    max_tokens: int | None = Field(None, description="token ceiling; none for unbounded")
+    budget_usd: float | None = Field(None, description="cost ceiling in USD; none for unbounded")
+    deadline_at: datetime | None = Field(None, description="the goal fails if not done by then")
+    confidence_threshold: float = Field(0.0, description="verdicts below it escalate")
+    submitted_by: str = "anonymous"
+
+
+class GoalCancelled(Event):
+    """A user or operator stops a goal."""
+
+    reason: str = ""
+    requested_by: str = "anonymous"
+
+
+class TaskAssigned(Event):
+    """The planner hands one attempt of one plan step to the workers of a pool."""
+
+    task_id: str
+    plan_version: int
+    step_id: str
+    tool: str
+    arguments: JsonObject = Field(default_factory=dict)
+    attempt: int = 1
+    pool: str = "default"
+    kind: str = Field("action", description="action | compensation")
+    timeout_s: float = 30.0
+    idempotency_key: str
+    feedback: str | None = Field(None, description="evaluator feedback carried into a retry")
+
+
+class TaskCompleted(Event):
+    """A worker finished a task attempt; the result is the tool's typed output."""
+
+    task_id: str
+    step_id: str
+    tool: str
+    attempt: int
+    result: JsonObject = Field(default_factory=dict)
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime
+    usage: Usage = Field(default_factory=Usage)
+
+
+class TaskFailed(Event):
+    """A worker could not finish a task attempt."""
+
+    task_id: str
+    step_id: str
+    tool: str
+    attempt: int
+    category: str = Field(description="failure category, e.g. transient, permanent, timeout")
+    message: str
+    retryable: bool
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime
+    details: JsonObject = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+
+
+class TaskEvaluated(Event):
+    """The evaluator's verdict on one task attempt."""
+
+    task_id: str
+    step_id: str
+    attempt: int
+    decision: str = Field(description="accept | retry | replan | escalate | fail | compensate")
+    confidence: float
+    reason: str
+    feedback: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+
+
+class GoalCompleted(Event):
+    """The goal reached its end successfully."""
+
+    summary: str
+    output: JsonObject = Field(default_factory=dict)
+    steps: int
+    usage: Usage = Field(default_factory=Usage)
+    duration_s: float
+
+
+class GoalFailed(Event):
+    """The goal ended without success."""
+
+    category: str
+    message: str
+    summary: str = ""
+    steps: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    duration_s: float = 0.0
+    compensated: list[str] = Field(default_factory=list, description="step ids rolled back")
+
+
+class EscalationRaised(Event):
+    """The goal waits for a human decision."""
+
+    escalation_id: str
+    task_id: str | None = None
+    reason: str
+    evidence: JsonObject = Field(default_factory=dict)
+    options: list[str] = Field(default_factory=list)
+    expires_at: datetime | None = None
+    default_action: str = "abort"
+
+
+class EscalationResolved(Event):
+    """A human's answer to an escalation."""
+
+    escalation_id: str
+    action: str = Field(description="approve | retry | abort | set")
+    values: JsonObject = Field(default_factory=dict, description="arguments to set, for 'set'")
+    resolved_by: str = "anonymous"
+
+
+class Header(Record):
+    """One Kafka header of a refused record, kept byte for byte."""
+
+    key: str
+    value: bytes | None = None
+
+
+class DeadLetter(Event):
+    """A record the mesh refused, with its original bytes and why."""
+
+    category: str
+    message: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    original_key: bytes | None = None
+    original_value: bytes | None = None
+    original_headers: list[Header] = Field(default_factory=list)
+    agent: str
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    GoalSubmitted,
+    GoalCancelled,
+    TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
+    TaskEvaluated,
+    GoalCompleted,
+    GoalFailed,
+    EscalationRaised,
+    EscalationResolved,
+    DeadLetter,
+)

@@ -1,0 +1,1 @@
+"""Shared machinery of every agent: settings, codec use, Kafka transport, telemetry, errors."""

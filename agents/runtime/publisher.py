@@ -1,0 +1,101 @@
+"""Publishing typed events: the event's type picks its topic and key (``topics.catalogue``).
+
+Records are produced asynchronously by an idempotent producer; ``flush`` waits for every
+outstanding delivery and raises ``DeliveryError`` if any failed, so callers store consumer offsets
+or report success only for what the broker really has.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from opentelemetry.trace import SpanKind
+
+from agents.events import DeadLetter, Event
+from agents.runtime.errors import MeshError, PermanentError
+from agents.runtime.kafka import producer_config
+from agents.runtime.settings import MeshSettings
+from agents.runtime.telemetry import Headers, inject, tracer
+from schemas.codec import Codec
+from topics.catalogue import TOPIC_OF
+
+TYPE_HEADER = "mesh-type"
+SENT_AT_HEADER = "mesh-sent-at-us"
+
+
+class DeliveryError(MeshError):
+    """The broker did not accept one or more records."""
+
+
+class EventTooLarge(PermanentError):
+    """An encoded event exceeds ``MESH_MAX_EVENT_BYTES``."""
+
+
+class Publisher:
+    """Typed, asynchronous, idempotent publishing of mesh events."""
+
+    def __init__(self, *, settings: MeshSettings, codec: Codec, client_id: str) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._producer = Producer(producer_config(settings, client_id=client_id))
+        self._failures: list[str] = []
+
+    def publish(self, event: Event, *, key: bytes | None = None) -> None:
+        """Queue ``event`` for its topic; ``key`` overrides the catalogue's key (dead letters)."""
+        spec = TOPIC_OF[type(event)]
+        topic = spec.name(self._settings.topic_prefix)
+        value = self._codec.encode(event)
+        if len(value) > self._settings.max_event_bytes and not isinstance(event, DeadLetter):
+            raise EventTooLarge(
+                f"{event.schema_name} is {len(value)} bytes, over MESH_MAX_EVENT_BYTES="
+                f"{self._settings.max_event_bytes}"
+            )
+        if key is None and spec.key:
+            key = str(getattr(event, spec.key)).encode()
+        with tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER) as span:
+            span.set_attributes(_span_attributes(topic, event))
+            headers: Headers = [
+                (TYPE_HEADER, event.schema_name.encode()),
+                (SENT_AT_HEADER, str(time.time_ns() // 1000).encode()),
+            ]
+            inject(headers)
+            self._produce(topic, key, value, headers)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=headers, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:  # local queue full: let deliveries drain, then try again
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error.str()}")
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged; raise if any was refused or is late."""
+        remaining = self._producer.flush(timeout)
+        failures, self._failures = self._failures, []
+        if remaining:
+            failures.append(f"{remaining} record(s) still unacknowledged after {timeout:g}s")
+        if failures:
+            raise DeliveryError("; ".join(failures))
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _span_attributes(topic: str, event: Event) -> dict[str, Any]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "mesh.event.type": event.schema_name,
+        "mesh.goal_id": event.goal_id,
+    }

@@ -1,0 +1,57 @@
+"""One settings object for every process, read from the environment.
+
+Service addresses use the conventional names (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``,
+``REDIS_URL``) and default to the local stack that ``make up`` starts; everything else the mesh
+reads is prefixed ``MESH_``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_KAFKA = "127.0.0.1:19092"
+LOCAL_DATABASE = "postgresql://mesh@127.0.0.1:15432/mesh"
+LOCAL_REDIS = "redis://127.0.0.1:16379/0"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class MeshSettings(BaseSettings):
+    """Everything a mesh process needs to know about its surroundings."""
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        LOCAL_KAFKA, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=_env("KAFKA_SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: str | None = Field(None, validation_alias=_env("KAFKA_SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(None, validation_alias=_env("KAFKA_SASL_USERNAME"))
+    kafka_sasl_password: SecretStr | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_PASSWORD")
+    )
+    kafka_ssl_ca_location: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CA_LOCATION"))
+    kafka_ssl_certificate_location: str | None = Field(
+        None, validation_alias=_env("KAFKA_SSL_CERTIFICATE_LOCATION")
+    )
+    kafka_ssl_key_location: str | None = Field(
+        None, validation_alias=_env("KAFKA_SSL_KEY_LOCATION")
+    )
+    database_url: SecretStr = Field(
+        SecretStr(LOCAL_DATABASE), validation_alias=_env("DATABASE_URL")
+    )
+    redis_url: SecretStr = Field(SecretStr(LOCAL_REDIS), validation_alias=_env("REDIS_URL"))
+
+    topic_prefix: str = "mesh."
+    replication_factor: int = Field(1, ge=1)
+    max_event_bytes: int = Field(512 * 1024, ge=1024)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    consume_batch: int = Field(500, ge=1)
+    agent_name: str = "mesh"

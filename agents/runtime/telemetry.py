@@ -1,0 +1,85 @@
+"""Tracing: one trace per goal, carried across Kafka hops in W3C ``traceparent`` headers.
+
+Spans go to OTLP when the standard ``OTEL_EXPORTER_OTLP_*`` variables are set, and otherwise to a
+local JSON-lines file (``MESH_TRACE_FILE``, default ``.mesh/traces.jsonl``) that ``mesh trace``
+reads. Only the entry points (CLI, tests) install a provider; library code just asks for a tracer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from agents import __version__
+
+HeaderValue = str | bytes | None
+Headers = list[tuple[str, HeaderValue]]
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+tracer = trace.get_tracer("agents", __version__)
+
+
+class JsonLinesExporter(SpanExporter):
+    """Appends each finished span as one JSON line to a file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(span.to_json(indent=None) + "\n" for span in spans)
+        with self._lock:
+            self._file.write(lines)
+            self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._file.close()
+
+
+def setup_tracing(service: str) -> TracerProvider:
+    """Install the process-wide tracer provider for an agent or CLI process."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(_exporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _exporter() -> SpanExporter:
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        # Imported only when asked for: it pulls in protobuf and requests.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+
+        return OTLPSpanExporter()
+    return JsonLinesExporter(Path(os.environ.get("MESH_TRACE_FILE", ".mesh/traces.jsonl")))
+
+
+def inject(headers: Headers, context: Context | None = None) -> None:
+    """Add the W3C trace context of ``context`` (default: the current one) to Kafka headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    headers.extend((key, value.encode()) for key, value in carrier.items())
+
+
+def extract(headers: Sequence[tuple[str, HeaderValue]] | None) -> Context:
+    """The trace context carried by Kafka headers (an empty context when there is none)."""
+    carrier = {
+        key: value.decode("latin-1") if isinstance(value, bytes) else value
+        for key, value in headers or ()
+        if key in TRACE_HEADERS and value is not None
+    }
+    return propagate.extract(carrier)

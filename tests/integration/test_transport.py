@@ -1,0 +1,290 @@
+"""Typed transport on the real broker: round trips, dead letters, retries, offsets, traces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agents import events as ev
+from agents.runtime.consumer import Backoff, ConsumerRuntime, Delivery, Handler
+from agents.runtime.errors import PermanentError, TransientError
+from agents.runtime.publisher import Publisher
+from agents.runtime.settings import MeshSettings
+from schemas.codec import Codec
+from tests.kafka_support import produce_raw, read_all
+from tests.support import assert_eventually, envelope, samples, unique
+from topics.catalogue import TOPIC_OF
+
+pytestmark = pytest.mark.integration
+ROLES = ("goals", "tasks", "results", "escalations", "deadletters")
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec()
+
+
+@pytest.fixture
+def publisher(mesh_settings: MeshSettings, codec: Codec) -> Iterator[Publisher]:
+    pub = Publisher(settings=mesh_settings, codec=codec, client_id="test-publisher")
+    yield pub
+    pub.close()
+
+
+def runtime(
+    settings: MeshSettings,
+    codec: Codec,
+    publisher: Publisher,
+    handlers: dict[type[ev.Event], Handler],
+    roles: Iterable[str] = ROLES,
+    *,
+    group: str | None = None,
+) -> ConsumerRuntime:
+    return ConsumerRuntime(
+        settings=settings,
+        codec=codec,
+        publisher=publisher,
+        group_id=group or unique("g-"),
+        roles=tuple(roles),
+        handlers=handlers,
+        client_id="test-consumer",
+        backoff=Backoff(initial_s=0.01, max_s=0.05),
+    )
+
+
+def recorder(into: list[ev.Event]) -> Handler:
+    def handle(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        into.append(event)
+        return []
+
+    return handle
+
+
+def pump(consumer: ConsumerRuntime, done: object, *, timeout: float = 30.0) -> None:
+    """Poll batches until ``done()`` holds."""
+    assert callable(done)
+    assert_eventually(lambda: consumer.poll_batch(0.2) >= 0 and done(), timeout=timeout)
+
+
+def test_every_event_type_round_trips_through_kafka(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    sent = samples(goal_id=unique("goal-"))
+    for event in sent:
+        publisher.publish(event, key=b"k" if isinstance(event, ev.DeadLetter) else None)
+    publisher.flush()
+    got: list[ev.Event] = []
+    consumer = runtime(mesh_settings, codec, publisher, {t: recorder(got) for t in ev.EVENT_TYPES})
+    try:
+        pump(consumer, lambda: len(got) >= len(sent))
+    finally:
+        consumer.close()
+    assert sorted(got, key=lambda e: e.schema_name) == sorted(sent, key=lambda e: e.schema_name)
+
+
+def test_events_land_on_their_topic_with_their_key(
+    mesh_settings: MeshSettings, publisher: Publisher
+) -> None:
+    event = samples()[2]  # TaskAssigned: keyed by task
+    publisher.publish(event)
+    publisher.flush()
+    (record,) = read_all(mesh_settings, "tasks")
+    assert record.key() == b"task-1"
+    headers = dict(record.headers() or [])
+    assert headers["mesh-type"] == b"mesh.TaskAssigned"
+    assert TOPIC_OF[type(event)].role == "tasks"
+
+
+def test_bad_records_go_to_dead_letters_and_the_consumer_goes_on(
+    codec: Codec, stack_settings: MeshSettings
+) -> None:
+    settings = stack_settings.model_copy(
+        update={"topic_prefix": unique("t.") + ".", "max_event_bytes": 4096}
+    )
+    from topics.admin import ensure
+
+    ensure(settings)
+    publisher = Publisher(settings=settings, codec=codec, client_id="test-publisher")
+    valid = ev.GoalCancelled(envelope=envelope("goal-ok"), reason="after the bad ones")
+    rejected = ev.GoalCancelled(envelope=envelope("goal-rejected"), reason="refuse me")
+    unknown = b"\xc3\x01" + b"\x13" * 8 + b"\x02"
+    oversize = codec.encode(ev.GoalCancelled(envelope=envelope("goal-big"), reason="x" * 8000))
+    raw = [
+        (b"g-garbage", b"\x00not avro at all", [("origin", b"fuzz")]),
+        (b"g-unknown", unknown, []),
+        (b"g-big", oversize, [("size", b"big")]),
+        (b"g-rejected", codec.encode(rejected), []),
+        (b"g-ok", codec.encode(valid), []),
+    ]
+    produce_raw(settings, "goals", raw)
+    handled: list[ev.Event] = []
+
+    def handle(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        assert isinstance(event, ev.GoalCancelled)
+        if event.reason == "refuse me":
+            raise PermanentError("the handler refuses this goal")
+        handled.append(event)
+        return []
+
+    consumer = runtime(settings, codec, publisher, {ev.GoalCancelled: handle}, roles=["goals"])
+    try:
+        pump(consumer, lambda: handled)
+    finally:
+        consumer.close()
+    assert handled == [valid]
+    letters = [codec.decode(m.value()) for m in read_all(settings, "deadletters")]
+    by_key = {
+        letter.original_key: letter for letter in letters if isinstance(letter, ev.DeadLetter)
+    }
+    assert len(letters) == 4 and len(by_key) == 4
+    expected = {
+        b"g-garbage": "undecodable",
+        b"g-unknown": "unknown_schema",
+        b"g-big": "oversize",
+        b"g-rejected": "rejected",
+    }
+    originals = {key: (value, headers) for key, value, headers in raw}
+    for key, category in expected.items():
+        letter = by_key[key]
+        assert letter.category == category
+        assert letter.message
+        assert letter.original_value == originals[key][0]
+        assert [(h.key, h.value) for h in letter.original_headers] == originals[key][1]
+        assert letter.source_topic == f"{settings.topic_prefix}goals"
+        assert letter.source_offset >= 0
+    publisher.close()
+
+
+def test_transient_failures_retry_in_place_then_succeed(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    publisher.publish(ev.GoalCancelled(envelope=envelope("goal-flaky")))
+    publisher.flush()
+    attempts: list[int] = []
+
+    def flaky(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        attempts.append(delivery.offset)
+        if len(attempts) < 3:
+            raise TransientError("database briefly away")
+        return []
+
+    consumer = runtime(mesh_settings, codec, publisher, {ev.GoalCancelled: flaky}, ["goals"])
+    try:
+        pump(consumer, lambda: len(attempts) >= 3)
+    finally:
+        consumer.close()
+    assert len(attempts) == 3 and len(set(attempts)) == 1
+    assert read_all(mesh_settings, "deadletters") == []
+
+
+def test_offsets_are_stored_only_for_handled_records(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    """A record whose handler never finished is handed to the group's next consumer."""
+    for reason in ("first", "second"):
+        publisher.publish(ev.GoalCancelled(envelope=envelope("goal-same"), reason=reason))
+    publisher.flush()
+    group = unique("g-")
+    seen: list[str] = []
+
+    def stuck_on_second(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        assert isinstance(event, ev.GoalCancelled)
+        seen.append(event.reason)
+        if event.reason == "second":
+            consumer.stop()  # the process is told to stop while this record keeps failing
+            raise TransientError("dependency down")
+        return []
+
+    consumer = runtime(
+        mesh_settings, codec, publisher, {ev.GoalCancelled: stuck_on_second}, ["goals"], group=group
+    )
+    try:
+        pump(consumer, lambda: "second" in seen)
+    finally:
+        consumer.close()
+    again: list[ev.Event] = []
+    successor = runtime(
+        mesh_settings, codec, publisher, {ev.GoalCancelled: recorder(again)}, ["goals"], group=group
+    )
+    try:
+        pump(successor, lambda: again)
+    finally:
+        successor.close()
+    assert [e.reason for e in again if isinstance(e, ev.GoalCancelled)] == ["second"]
+
+
+def test_outputs_are_published_and_trace_context_crosses_the_hop(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    trace.set_tracer_provider(provider)  # first call wins for the process; the proxy follows it
+    goal = ev.GoalSubmitted(envelope=envelope(unique("goal-")), text="trace me")
+    with tracer.start_as_current_span("client submit") as root:
+        publisher.publish(goal)
+    publisher.flush()
+
+    def plan(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        return [
+            ev.GoalCancelled(
+                envelope=ev.Envelope(goal_id=event.goal_id, causation_id=event.event_id)
+            )
+        ]
+
+    consumer = runtime(mesh_settings, codec, publisher, {ev.GoalSubmitted: plan}, ["goals"])
+    cancels: list[ev.Event] = []
+    follower = runtime(
+        mesh_settings, codec, publisher, {ev.GoalCancelled: recorder(cancels)}, ["goals"]
+    )
+    try:
+        pump(
+            consumer,
+            lambda: any(s.name.startswith("process") for s in exporter.get_finished_spans()),
+        )
+        pump(follower, lambda: cancels)
+    finally:
+        consumer.close()
+        follower.close()
+    assert cancels[0].envelope.causation_id == goal.event_id
+    trace_id = root.get_span_context().trace_id
+    spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+    kinds = [s.name.split()[0] for s in spans]
+    assert kinds.count("send") >= 2 and kinds.count("process") >= 2, kinds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_kafka_fails_fast_naming_the_fix() -> None:
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_free_port()}",
+        "MESH_CONNECT_TIMEOUT_S": "3",
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "topics", "ensure"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "KAFKA_BOOTSTRAP_SERVERS" in done.stderr and "make up" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30  # generous: it must not hang, not be fast

@@ -1,0 +1,1 @@
+"""The topic catalogue (``topics.catalogue``) and its admin (``topics.admin``)."""
