@@ -1,0 +1,1 @@
+"""Local development infrastructure: the stack launcher and its Kafka build."""
