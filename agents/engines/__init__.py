@@ -1,0 +1,1 @@
+"""Reasoning engines: one interface, an offline playbook engine and an OpenAI-compatible one."""

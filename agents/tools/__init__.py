@@ -1,0 +1,1 @@
+"""Typed tools: the registry, the base definitions, and the shipped tool sets."""
