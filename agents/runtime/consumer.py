@@ -1,21 +1,26 @@
-"""The consumer runtime every agent runs: poll, decode, dispatch, publish, then store offsets.
+"""The consumer runtime every agent runs: poll, decode, hand to a sink, then store offsets.
 
-Handlers are pure decisions: ``handler(event, delivery) -> events to emit``. The runtime owns the
-rest. Records are consumed in batches; a record's offset is stored only after its handler returned
-and everything it emitted was acknowledged by the broker (at-least-once; handlers de-duplicate by
-``event_id``). Bad input never stops the loop: undecodable bytes, unknown writer schemas, oversize
-records, and records a handler refuses go to the dead-letter topic with the original key, value and
-headers plus the reason and where they came from. A ``TransientError`` retries the same record in
-place with capped exponential backoff, which keeps the partition's order.
+What happens to decoded events is a ``Sink``'s business: ``HandlerSink`` runs pure handlers,
+``handler(event, delivery) -> events to emit``, and publishes what they return; the planner's sink
+applies a batch in one ledger transaction with an outbox. The runtime owns the rest.
+
+Records are consumed in batches; a record's offset is stored only after the sink finished with it
+and everything it caused is durable (at-least-once; consumers de-duplicate). Bad input never stops
+the loop: undecodable bytes, unknown writer schemas, oversize records, and records a handler
+refuses go to the dead-letter topic with the original key, value and headers plus the reason and
+where they came from. A ``TransientError`` retries the same record in place with capped
+exponential backoff, which keeps the partition's order.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.trace import SpanKind
@@ -65,10 +70,6 @@ class Delivery:
 Handler = Callable[[Any, Delivery], Iterable[Event]]
 
 
-class _Stopping(Exception):
-    """Raised inside a batch when a stop was requested while a record waited to be retried."""
-
-
 @dataclass
 class Backoff:
     """Capped exponential backoff for transient handler failures."""
@@ -81,8 +82,38 @@ class Backoff:
         return float(min(self.max_s, self.initial_s * self.factor ** (attempt - 1)))
 
 
+@dataclass(frozen=True)
+class Item:
+    """A decoded event and where it came from."""
+
+    event: Event
+    delivery: Delivery
+
+
+class Sink(Protocol):
+    """Where decoded events go. ``handle`` returns the deliveries it finished with; when it
+    returns, everything they caused is durable (published and acknowledged, or committed)."""
+
+    accepts: frozenset[type[Event]]
+
+    def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]: ...
+
+
+class RuntimeHandle(Protocol):
+    """What a sink may use of the runtime that feeds it."""
+
+    publisher: Publisher
+    backoff: Backoff
+
+    def stopping(self) -> bool: ...
+
+    def wait_or_stop(self, seconds: float) -> bool: ...
+
+    def dead_letter(self, delivery: Delivery, category: str, reason: str) -> None: ...
+
+
 class ConsumerRuntime:
-    """One consumer (one thread) dispatching a set of event types to handlers."""
+    """One consumer (one thread) feeding decoded events of some types to a sink."""
 
     def __init__(
         self,
@@ -92,52 +123,64 @@ class ConsumerRuntime:
         publisher: Publisher,
         group_id: str,
         roles: Sequence[str],
-        handlers: Mapping[type[Event], Handler],
+        sink: Sink,
         client_id: str,
         backoff: Backoff | None = None,
+        tick: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._codec = codec
-        self._publisher = publisher
-        self._handlers = dict(handlers)
+        self.publisher = publisher
+        self._sink = sink
         self._client_id = client_id
-        self._backoff = backoff or Backoff()
+        self._tick = tick
+        self.backoff = backoff or Backoff()
         self._stop = threading.Event()
         self._consumer = Consumer(consumer_config(settings, client_id=client_id, group_id=group_id))
         self._consumer.subscribe([spec_for(r).name(settings.topic_prefix) for r in roles])
 
     def stop(self) -> None:
-        """Ask ``run`` to return after the record in hand; safe from any thread or a signal."""
+        """Ask ``run`` to return after the batch in hand; safe from any thread or a signal."""
         self._stop.set()
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_or_stop(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when a stop was requested meanwhile."""
+        return self._stop.wait(seconds)
 
     def run(self) -> None:
         """Handle batches until ``stop`` is called, then commit and leave the group."""
         try:
             while not self._stop.is_set():
-                self.poll_batch(timeout=0.5)
+                self.poll_batch(timeout=0.2)
+                if self._tick is not None:
+                    self._tick()
         finally:
             self.close()
 
     def poll_batch(self, timeout: float = 1.0) -> int:
         """Consume one batch and handle it; returns how many records were finished."""
         messages = self._consumer.consume(self._settings.consume_batch, timeout)
-        done: list[Delivery] = []
+        finished: list[Delivery] = []
+        items: list[Item] = []
         try:
             for message in messages:
                 if self._record_error(message):
                     continue
                 delivery = Delivery.of(message)
-                self._handle(delivery)
-                done.append(delivery)
-        except _Stopping:
-            log.info(
-                "stopping with %d record(s) of the batch left for the next owner",
-                len(messages) - len(done),
-            )
+                item = self._decode(delivery)
+                if item is None or type(item.event) not in self._sink.accepts:
+                    finished.append(delivery)  # dead-lettered, or another role's event
+                else:
+                    items.append(item)
+            if items:
+                finished += self._sink.handle(items, self)
         finally:
-            self._publisher.flush()
-            self._store(done)
-        return len(done)
+            self.publisher.flush()
+            self._store(finished)
+        return len(finished)
 
     def _record_error(self, message: Message) -> bool:
         error = message.error()
@@ -152,75 +195,29 @@ class ConsumerRuntime:
 
     def _store(self, deliveries: list[Delivery]) -> None:
         last: dict[tuple[str, int], int] = {}
-        for d in deliveries:
+        for d in sorted(deliveries, key=lambda d: d.offset):
             last[(d.topic, d.partition)] = d.offset
         if last:
             self._consumer.store_offsets(
                 offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
             )
 
-    def _handle(self, delivery: Delivery) -> None:
+    def _decode(self, delivery: Delivery) -> Item | None:
+        value = delivery.value
         try:
-            event = self._decode(delivery.value)
-        except PoisonRecord as exc:
-            self._dead_letter(delivery, exc.category, str(exc))
-            return
-        handler = self._handlers.get(type(event))
-        if handler is None:
-            return  # another role's event on a shared topic: nothing to do here
-        with bind(goal_id=event.goal_id, event_type=event.schema_name):
-            self._dispatch(handler, event, delivery)
-
-    def _decode(self, value: bytes | None) -> Event:
-        if value is not None and len(value) > self._settings.max_event_bytes:
-            raise PoisonRecord(
-                Category.OVERSIZE,
-                f"record is {len(value)} bytes, over MESH_MAX_EVENT_BYTES="
-                f"{self._settings.max_event_bytes}",
-            )
-        return self._codec.decode(value)
-
-    def _dispatch(self, handler: Handler, event: Event, delivery: Delivery) -> None:
-        attempt = 1
-        while True:
-            try:
-                self._run_handler(handler, event, delivery)
-                return
-            except TransientError as exc:
-                delay = self._backoff.delay(attempt)
-                log.warning(
-                    "transient failure (attempt %d), retrying in %.2fs: %s", attempt, delay, exc
+            if value is not None and len(value) > self._settings.max_event_bytes:
+                raise PoisonRecord(
+                    Category.OVERSIZE,
+                    f"record is {len(value)} bytes, over MESH_MAX_EVENT_BYTES="
+                    f"{self._settings.max_event_bytes}",
                 )
-                if self._stop.wait(delay):
-                    raise _Stopping from exc
-                attempt += 1
-            except PermanentError as exc:
-                self._dead_letter(delivery, exc.category, str(exc))
-                return
-            except Exception as exc:  # a handler bug must not stop the mesh; keep the record
-                log.exception("handler failed on %s", event.schema_name)
-                self._dead_letter(delivery, Category.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
-                return
+            return Item(self._codec.decode(value), delivery)
+        except PoisonRecord as exc:
+            self.dead_letter(delivery, exc.category, str(exc))
+            return None
 
-    def _run_handler(self, handler: Handler, event: Event, delivery: Delivery) -> None:
-        context = extract(delivery.headers)
-        name = f"process {delivery.topic}"
-        with tracer.start_as_current_span(name, context=context, kind=SpanKind.CONSUMER) as span:
-            span.set_attributes(
-                {
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": delivery.topic,
-                    "messaging.destination.partition.id": str(delivery.partition),
-                    "messaging.kafka.offset": delivery.offset,
-                    "mesh.event.type": event.schema_name,
-                    "mesh.goal_id": event.goal_id,
-                }
-            )
-            for out in handler(event, delivery):
-                self._publisher.publish(out)
-
-    def _dead_letter(self, delivery: Delivery, category: str, reason: str) -> None:
+    def dead_letter(self, delivery: Delivery, category: str, reason: str) -> None:
+        """Send the record whole to the dead-letter topic, with why and where from."""
         log.warning(
             "dead-lettering %s[%d]@%d: %s: %s",
             delivery.topic,
@@ -241,11 +238,81 @@ class ConsumerRuntime:
             original_headers=[Header(key=k, value=v) for k, v in delivery.headers],
             agent=self._client_id,
         )
-        self._publisher.publish(letter, key=delivery.key)
+        self.publisher.publish(letter, key=delivery.key)
 
     def close(self) -> None:
         """Flush what was emitted, commit stored offsets, leave the group."""
         try:
-            self._publisher.flush()
+            self.publisher.flush()
         finally:
             self._consumer.close()
+
+
+class HandlerSink:
+    """Runs pure handlers, publishes what they return; transient failures retry in place,
+    refusals and handler bugs go to dead letters. With ``concurrency`` > 1 the items of a batch
+    run on a thread pool (for slow tools); their order within the batch is then not kept."""
+
+    def __init__(self, handlers: Mapping[type[Event], Handler], *, concurrency: int = 1) -> None:
+        self._handlers = dict(handlers)
+        self.accepts = frozenset(self._handlers)
+        self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+
+    def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]:
+        if self._pool is None:
+            done = [self._finish(item, runtime) for item in items]
+        else:
+            done = list(self._pool.map(lambda item: self._finish(item, runtime), items))
+        return [d for d in done if d is not None]
+
+    def _finish(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:
+        with bind(goal_id=item.event.goal_id, event_type=item.event.schema_name):
+            return self._dispatch(item, runtime)
+
+    def _dispatch(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:
+        handler = self._handlers[type(item.event)]
+        attempt = 1
+        while True:
+            try:
+                with consumer_span(item):
+                    for out in handler(item.event, item.delivery):
+                        runtime.publisher.publish(out)
+                return item.delivery
+            except TransientError as exc:
+                delay = runtime.backoff.delay(attempt)
+                log.warning(
+                    "transient failure (attempt %d), retry in %.2fs: %s", attempt, delay, exc
+                )
+                if runtime.wait_or_stop(delay):
+                    return None  # not finished: its offset is not stored, the next owner retries
+                attempt += 1
+            except PermanentError as exc:
+                runtime.dead_letter(item.delivery, exc.category, str(exc))
+                return item.delivery
+            except Exception as exc:  # a handler bug must not stop the mesh; keep the record
+                log.exception("handler failed on %s", item.event.schema_name)
+                runtime.dead_letter(
+                    item.delivery, Category.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
+                )
+                return item.delivery
+
+
+@contextmanager
+def consumer_span(item: Item) -> Iterator[None]:
+    """The consumer span of one record, continuing the trace its producer started."""
+    delivery, event = item.delivery, item.event
+    context = extract(delivery.headers)
+    name = f"process {delivery.topic}"
+    with tracer.start_as_current_span(name, context=context, kind=SpanKind.CONSUMER) as span:
+        span.set_attributes(
+            {
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": delivery.topic,
+                "messaging.destination.partition.id": str(delivery.partition),
+                "messaging.kafka.offset": delivery.offset,
+                "mesh.event.type": event.schema_name,
+                "mesh.goal_id": event.goal_id,
+            }
+        )
+        yield

@@ -8,6 +8,7 @@ or report success only for what the broker really has.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -17,7 +18,7 @@ from agents.events import DeadLetter, Event
 from agents.runtime.errors import MeshError, PermanentError
 from agents.runtime.kafka import producer_config
 from agents.runtime.settings import MeshSettings
-from agents.runtime.telemetry import Headers, inject, tracer
+from agents.runtime.telemetry import Headers, HeaderValue, inject, tracer
 from schemas.codec import Codec
 from topics.catalogue import TOPIC_OF
 
@@ -33,6 +34,16 @@ class EventTooLarge(PermanentError):
     """An encoded event exceeds ``MESH_MAX_EVENT_BYTES``."""
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """An encoded record ready to be sent (or stored in the outbox)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, HeaderValue], ...]
+
+
 class Publisher:
     """Typed, asynchronous, idempotent publishing of mesh events."""
 
@@ -44,6 +55,14 @@ class Publisher:
 
     def publish(self, event: Event, *, key: bytes | None = None) -> None:
         """Queue ``event`` for its topic; ``key`` overrides the catalogue's key (dead letters)."""
+        self.send(self.prepare(event, key=key))
+
+    def prepare(self, event: Event, *, key: bytes | None = None) -> Outgoing:
+        """Encode ``event`` into the record that will carry it, trace context included.
+
+        Separate from ``send`` so a record can be stored in the ledger's outbox first and sent
+        after the transaction that produced it has committed.
+        """
         spec = TOPIC_OF[type(event)]
         topic = spec.name(self._settings.topic_prefix)
         value = self._codec.encode(event)
@@ -61,13 +80,18 @@ class Publisher:
                 (SENT_AT_HEADER, str(time.time_ns() // 1000).encode()),
             ]
             inject(headers)
-            self._produce(topic, key, value, headers)
+        return Outgoing(topic, key, value, tuple(headers))
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+    def send(self, record: Outgoing) -> None:
+        """Queue an encoded record; ``flush`` reports whether the broker took it."""
         while True:
             try:
                 self._producer.produce(
-                    topic, value, key, headers=headers, on_delivery=self._on_delivery
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=list(record.headers),
+                    on_delivery=self._on_delivery,
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain, then try again

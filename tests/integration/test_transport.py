@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agents import events as ev
-from agents.runtime.consumer import Backoff, ConsumerRuntime, Delivery, Handler
+from agents.runtime.consumer import Backoff, ConsumerRuntime, Delivery, Handler, HandlerSink
 from agents.runtime.errors import PermanentError, TransientError
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -56,7 +56,7 @@ def runtime(
         publisher=publisher,
         group_id=group or unique("g-"),
         roles=tuple(roles),
-        handlers=handlers,
+        sink=HandlerSink(handlers),
         client_id="test-consumer",
         backoff=Backoff(initial_s=0.01, max_s=0.05),
     )

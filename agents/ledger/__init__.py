@@ -1,0 +1,1 @@
+"""The Postgres ledger: migrations, connection pool, and the queries of each agent."""
