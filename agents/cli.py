@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from agents.cli_agents import add_commands
 from agents.runtime.errors import ConfigError
 from agents.runtime.logs import configure
 from agents.runtime.settings import MeshSettings
@@ -76,12 +77,9 @@ def _check(args: argparse.Namespace, settings: MeshSettings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: MeshSettings) -> int:
-    print(
-        "mesh demo: the planner, workers and evaluator are not built yet; the stack, topics and "
-        "contract are (see README.md, Status).",
-        file=sys.stderr,
-    )
-    return 1
+    from agents.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(settings, scenario=args.scenario, timeout=args.timeout)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="check that Kafka, Postgres and Redis answer").set_defaults(
         func=_check
     )
-    sub.add_parser("demo", help="run the onboarding demo end to end").set_defaults(func=_demo)
+    demo = sub.add_parser("demo", help="run the onboarding demo end to end")
+    demo.add_argument("--scenario", default="happy")
+    demo.add_argument("--timeout", type=float, default=120.0)
+    demo.set_defaults(func=_demo)
+    add_commands(sub)
     topics = sub.add_parser("topics", help="the topic catalogue").add_subparsers(required=True)
     topics.add_parser("ensure", help="create missing topics, report drift").set_defaults(
         func=_topics_ensure

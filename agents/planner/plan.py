@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -94,7 +94,10 @@ def _check_step(
         if _is_ref(value):
             _check_ref(step, name, value[REF], steps=steps, ancestors=ancestors, registry=registry)
         else:
-            _check_literal(step, name, info.annotation, value)
+            annotation = (
+                Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+            )
+            _check_literal(step, name, annotation, value)
 
 
 def _check_literal(step: PlanStep, name: str, annotation: Any, value: Any) -> None:

@@ -54,4 +54,6 @@ class MeshSettings(BaseSettings):
     max_event_bytes: int = Field(512 * 1024, ge=1024)
     connect_timeout_s: float = Field(5.0, gt=0)
     consume_batch: int = Field(500, ge=1)
-    agent_name: str = "mesh"
+    sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
+    lease_ttl_s: float = Field(10.0, gt=0)
+    worker_concurrency: int = Field(8, ge=1)

@@ -1,0 +1,174 @@
+"""``mesh`` sub-commands for running agents and following goals: run, submit, status, tail,
+cancel. Exit codes of ``submit --wait``: 0 completed, 1 failed or cancelled, 3 waiting for a
+human, 4 still running when the timeout ran out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agents.client import EXIT_CODES, GoalStatus, MeshClient
+from agents.runtime.settings import MeshSettings
+
+EXIT_TIMEOUT = 4
+
+
+def run_agent(args: argparse.Namespace, settings: MeshSettings) -> int:
+    if args.role == "planner":
+        from agents.planner.main import run as run_planner  # noqa: PLC0415 - one role per process
+
+        return run_planner(settings)
+    if args.role == "worker":
+        from agents.worker.main import run as run_worker  # noqa: PLC0415
+
+        pools = [p for p in (args.pool or "").split(",") if p and p != "*"]
+        return run_worker(settings, pools=pools, concurrency=args.concurrency)
+    from agents.evaluator.main import run as run_evaluator  # noqa: PLC0415
+
+    return run_evaluator(settings)
+
+
+def _read_input(source: str | None) -> dict[str, Any]:
+    if source is None:
+        return {}
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit("mesh submit: --input must hold a JSON object")
+    return data
+
+
+def submit(args: argparse.Namespace, settings: MeshSettings) -> int:
+    with MeshClient(settings) as client:
+        handle = client.submit(
+            args.text,
+            input=_read_input(args.input),
+            max_steps=args.max_steps,
+            budget_usd=args.budget_usd,
+            deadline_s=args.deadline,
+            submitted_by="cli",
+        )
+        if not args.wait:
+            print(json.dumps({"goal_id": handle.goal_id}) if args.json else handle.goal_id)
+            return 0
+        if not args.json:
+            print(f"goal {handle.goal_id} submitted")
+        progress = Progress(quiet=args.json)
+        try:
+            final = handle.wait(args.timeout, on_change=progress.show)
+        except TimeoutError as exc:
+            print(f"mesh submit: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        _print_status(final, as_json=args.json, brief=True)
+        return EXIT_CODES.get(final.status, 1)
+
+
+class Progress:
+    """Prints what changed in a goal since the last look: one line per task transition."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self._quiet = quiet
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._goal = ""
+
+    def show(self, status: GoalStatus) -> None:
+        if self._quiet:
+            return
+        if status.status != self._goal:
+            self._goal = status.status
+            print(f"  goal      {status.status}")
+        for task in status.tasks:
+            state = (task.status, task.attempts)
+            if self._seen.get(task.step_id) != state and task.status != "pending":
+                self._seen[task.step_id] = state
+                retry = f" (attempt {task.attempts})" if task.attempts > 1 else ""
+                print(f"  {task.status:<11} {task.step_id} [{task.tool}]{retry}")
+        sys.stdout.flush()
+
+
+def status(args: argparse.Namespace, settings: MeshSettings) -> int:
+    with MeshClient(settings) as client:
+        current = client.status(args.goal_id)
+    _print_status(current, as_json=args.json)
+    return 0 if current.status != "submitted" or args.json else 1
+
+
+def _print_status(status: GoalStatus, *, as_json: bool, brief: bool = False) -> None:
+    if as_json:
+        print(json.dumps(status.as_json(), default=str))
+        return
+    print(f"goal {status.goal_id}: {status.status}")
+    if status.summary:
+        print(f"  {status.summary}")
+    print(f"  steps {status.steps_used}, tokens {status.tokens}, cost ${status.cost_usd:.4f}")
+    if brief:
+        return
+    for t in status.tasks:
+        took = (
+            f"{(t.finished_at - t.started_at).total_seconds():.3f}s"
+            if t.started_at and t.finished_at
+            else "-"
+        )
+        print(
+            f"  {t.step_id:<24} {t.tool:<28} {t.status:<11} attempts {t.attempts}  {took}  "
+            f"tokens {t.tokens}  ${t.cost_usd:.4f}"
+        )
+
+
+def cancel(args: argparse.Namespace, settings: MeshSettings) -> int:
+    with MeshClient(settings) as client:
+        client.cancel(args.goal_id, reason=args.reason, requested_by="cli")
+    print(f"cancel requested for goal {args.goal_id}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register run, submit, status, tail and cancel on the ``mesh`` parser."""
+    run = sub.add_parser("run", help="run an agent process")
+    run.add_argument("role", choices=("planner", "worker", "evaluator"))
+    run.add_argument("--pool", help="worker: comma-separated capability pools (default: all)")
+    run.add_argument("--concurrency", type=int, help="worker: tasks run at once")
+    run.set_defaults(func=run_agent)
+
+    sub_ = sub.add_parser("submit", help="submit a goal")
+    sub_.add_argument("text")
+    sub_.add_argument("--input", help="JSON object file for the tools, or - for stdin")
+    sub_.add_argument("--max-steps", type=int, default=25)
+    sub_.add_argument("--budget-usd", type=float)
+    sub_.add_argument("--deadline", type=float, help="seconds from now")
+    sub_.add_argument("--wait", action="store_true", help="follow the goal until it settles")
+    sub_.add_argument("--timeout", type=float, default=120.0)
+    sub_.add_argument("--json", action="store_true")
+    sub_.set_defaults(func=submit)
+
+    st = sub.add_parser("status", help="a goal's state from the ledger")
+    st.add_argument("goal_id")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=status)
+
+    ca = sub.add_parser("cancel", help="cancel a goal")
+    ca.add_argument("goal_id")
+    ca.add_argument("--reason", default="")
+    ca.set_defaults(func=cancel)
+
+    tail = sub.add_parser("tail", help="follow the results topic")
+    tail.add_argument("--goal")
+    tail.add_argument("--json", action="store_true")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max-seconds", type=float, help="stop after this long")
+    tail.set_defaults(func=follow)
+
+
+def follow(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from agents.tail import tail  # noqa: PLC0415
+
+    return tail(
+        settings,
+        goal=args.goal,
+        as_json=args.json,
+        from_beginning=args.from_beginning,
+        max_seconds=args.max_seconds,
+    )

@@ -1,0 +1,1 @@
+"""The evaluator agent: task outcomes in, verdicts out (see ``agent``)."""

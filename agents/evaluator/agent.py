@@ -1,0 +1,143 @@
+"""The evaluator agent.
+
+Consumes: ``results`` (TaskCompleted, TaskFailed). Emits: TaskEvaluated on ``results``. Run it
+with ``mesh run evaluator``; any number may run.
+
+For each outcome it checks the result against the tool's result model and the tool's own checks,
+asks the reasoning engine for a judgement with a confidence, and applies the runtime's policy: a
+failure is retried only if its category is one the tool's retry policy names and attempts remain.
+It reads the ledger (arguments and goal) and writes nothing there: the planner records verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
+
+from agents import events as ev
+from agents.engines.base import Engine, EngineError, Judgement, JudgeRequest
+from agents.runtime.consumer import Delivery
+from agents.runtime.errors import TransientError
+from agents.tools.base import Registry, Tool, UnknownToolError
+
+log = logging.getLogger(__name__)
+AGENT = "evaluator"
+
+
+class Evaluator:
+    """Judges task outcomes."""
+
+    def __init__(self, *, engine: Engine, registry: Registry, db: ConnectionPool) -> None:
+        self._engine = engine
+        self._registry = registry
+        self._db = db
+
+    def on_outcome(
+        self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery
+    ) -> list[ev.Event]:
+        try:
+            tool = self._registry.get(event.tool)
+        except UnknownToolError as exc:
+            return [
+                self._verdict(event, Judgement(decision="fail", confidence=1.0, reason=str(exc)))
+            ]
+        arguments, goal_text = self._context(event)
+        problems = _problems(tool, arguments, event) if isinstance(event, ev.TaskCompleted) else []
+        try:
+            judged = self._engine.judge(self._request(event, tool, arguments, goal_text, problems))
+        except EngineError as exc:
+            judgement = Judgement(decision="fail", confidence=0.0, reason=f"{exc.category}: {exc}")
+            return [self._verdict(event, judgement, exc.usage)]
+        return [self._verdict(event, self._policy(event, tool, judged.judgement), judged.usage)]
+
+    def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> tuple[dict[str, Any], str]:
+        with self._db.connection() as conn:
+            row = conn.execute(
+                "select a.arguments, g.text from attempts a join goals g on g.goal_id = %s "
+                "where a.task_id = %s and a.attempt = %s",
+                (event.goal_id, event.task_id, event.attempt),
+            ).fetchone()
+        if row is None:  # the planner commits before it dispatches, so this is a lagging replica
+            raise TransientError(f"no ledger record of {event.task_id} attempt {event.attempt}")
+        return dict(row[0]), str(row[1])
+
+    def _request(
+        self,
+        event: ev.TaskCompleted | ev.TaskFailed,
+        tool: Tool[Any, Any],
+        arguments: dict[str, Any],
+        goal_text: str,
+        problems: list[str],
+    ) -> JudgeRequest:
+        if isinstance(event, ev.TaskCompleted):
+            outcome, result = "completed", event.result
+        else:
+            outcome = "failed"
+            result = {
+                "category": event.category,
+                "message": event.message,
+                "retryable": event.retryable,
+                "details": event.details,
+            }
+        return JudgeRequest(
+            goal_id=event.goal_id,
+            goal_text=goal_text,
+            step_id=event.step_id,
+            tool=tool.spec(),
+            arguments=arguments,
+            outcome=outcome,  # type: ignore[arg-type]
+            result=result,
+            problems=problems,
+        )
+
+    def _policy(
+        self, event: ev.TaskCompleted | ev.TaskFailed, tool: Tool[Any, Any], judged: Judgement
+    ) -> Judgement:
+        """The runtime, not the engine, decides whether a retry is allowed."""
+        if judged.decision != "retry":
+            return judged
+        retryable = isinstance(event, ev.TaskCompleted) or (
+            event.retryable and event.category in tool.retry.retry_on
+        )
+        if retryable and event.attempt < tool.retry.max_attempts:
+            return judged
+        why = "not a retryable failure" if not retryable else "no attempts left"
+        return judged.model_copy(update={"decision": "fail", "reason": f"{judged.reason} ({why})"})
+
+    def _verdict(
+        self,
+        event: ev.TaskCompleted | ev.TaskFailed,
+        judgement: Judgement,
+        usage: ev.Usage | None = None,
+    ) -> ev.TaskEvaluated:
+        return ev.TaskEvaluated(
+            envelope=ev.Envelope(
+                goal_id=event.goal_id,
+                producer_agent=AGENT,
+                correlation_id=event.envelope.correlation_id,
+                causation_id=event.event_id,
+            ),
+            task_id=event.task_id,
+            step_id=event.step_id,
+            attempt=event.attempt,
+            decision=judgement.decision,
+            confidence=judgement.confidence,
+            reason=judgement.reason,
+            feedback=judgement.feedback,
+            usage=usage or ev.Usage(),
+        )
+
+
+def _problems(
+    tool: Tool[Any, Any], arguments: dict[str, Any], event: ev.TaskCompleted
+) -> list[str]:
+    """What the result model and the tool's own checks find wrong with a result."""
+    try:
+        result = tool.result.model_validate(event.result)
+        args = tool.args.model_validate(arguments)
+    except ValidationError as exc:
+        return [f"result does not match {tool.result.__name__}: {exc.error_count()} error(s)"]
+    return [p for check in tool.checks if (p := check(args, result)) is not None]

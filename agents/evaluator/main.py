@@ -1,0 +1,22 @@
+"""``mesh run evaluator``: the evaluator process."""
+
+from __future__ import annotations
+
+from agents import events as ev
+from agents.engines.select import engine_from_env
+from agents.evaluator.agent import Evaluator
+from agents.runtime.app import AgentApp
+from agents.runtime.consumer import Handler, HandlerSink
+from agents.runtime.settings import MeshSettings
+from agents.tools.catalogue import default_registry
+
+
+def run(settings: MeshSettings, *, concurrency: int = 4) -> int:
+    app = AgentApp.start("evaluator", settings, db_size=concurrency + 1)
+    evaluator = Evaluator(engine=engine_from_env(), registry=default_registry(), db=app.db)
+    handlers: dict[type[ev.Event], Handler] = {
+        ev.TaskCompleted: evaluator.on_outcome,
+        ev.TaskFailed: evaluator.on_outcome,
+    }
+    sink = HandlerSink(handlers, concurrency=concurrency)
+    return app.serve(app.consumer(roles=("results",), sink=sink))

@@ -1,0 +1,39 @@
+"""Connections to the ledger: a pool that fails fast with the fix named, migrations applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from agents.ledger.migrate import migrate
+from agents.runtime.errors import ConfigError
+from agents.runtime.services import check_postgres
+from agents.runtime.settings import MeshSettings
+
+
+def open_pool(
+    settings: MeshSettings, *, max_size: int = 4, run_migrations: bool = True
+) -> ConnectionPool:
+    """A ready connection pool on the ledger; migrations applied first unless told otherwise."""
+    check_postgres(settings)
+    url = settings.database_url.get_secret_value()
+    if run_migrations:
+        migrate(url)
+    pool: ConnectionPool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": False},
+        name="ledger",
+    )
+    try:
+        pool.open(wait=True, timeout=settings.connect_timeout_s)
+    except PoolTimeout as exc:
+        raise ConfigError(f"could not open the ledger pool: {exc}") from exc
+    return pool
+
+
+Connection = psycopg.Connection[Any]

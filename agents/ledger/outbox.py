@@ -1,0 +1,186 @@
+"""The transactional outbox: events stored with the state change they announce, relayed after.
+
+``LedgerSink`` applies a batch of events in one transaction: it records each event id in the inbox
+(so a redelivered event changes nothing), runs the handlers, and stores what they emit in the
+outbox, all committed together. Right after the commit it sends those records and deletes them.
+If the process dies in between, ``sweep`` (run periodically by every ledger agent) sends whatever
+is left. Consumers de-duplicate, so a record sent twice is harmless; a record never sent is
+impossible once its state change committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from agents.events import Event
+from agents.ledger.db import Connection
+from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span
+from agents.runtime.errors import Category, PermanentError, TransientError
+from agents.runtime.logs import bind
+from agents.runtime.publisher import DeliveryError, Outgoing, Publisher
+
+log = logging.getLogger(__name__)
+
+LedgerHandler = Callable[[Any, Delivery, Connection], Iterable[Event]]
+_RETRYABLE = (TransientError, psycopg.OperationalError)
+
+
+class LedgerSink:
+    """Applies batches in ledger transactions with inbox de-duplication and an outbox."""
+
+    def __init__(
+        self,
+        *,
+        pool: ConnectionPool,
+        consumer: str,
+        handlers: Mapping[type[Event], LedgerHandler],
+    ) -> None:
+        self._pool = pool
+        self._consumer = consumer
+        self._handlers = dict(handlers)
+        self.accepts = frozenset(self._handlers)
+
+    def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]:
+        attempt = 1
+        while True:
+            try:
+                sent, refused = self._apply(items, runtime.publisher)
+                break
+            except _RETRYABLE as exc:
+                delay = runtime.backoff.delay(attempt)
+                log.warning(
+                    "ledger batch failed (attempt %d), retry in %.2fs: %s", attempt, delay, exc
+                )
+                if runtime.wait_or_stop(delay):
+                    return []
+                attempt += 1
+        for item, category, reason in refused:
+            runtime.dead_letter(item.delivery, category, reason)
+        relay(self._pool, runtime.publisher, sent)
+        return [item.delivery for item in items]
+
+    def _apply(
+        self, items: Sequence[Item], publisher: Publisher
+    ) -> tuple[list[tuple[int, Outgoing]], list[tuple[Item, str, str]]]:
+        with self._pool.connection() as conn, conn.transaction():
+            fresh = self._first_seen(conn, items)
+            try:
+                with conn.transaction():  # fast path: the whole batch at once
+                    emitted = [e for item in fresh for e in self._run(item, conn)]
+                refused: list[tuple[Item, str, str]] = []
+            except _RETRYABLE:
+                raise
+            except Exception:  # noqa: BLE001 - find the culprit record by record, in savepoints
+                emitted, refused = self._one_by_one(fresh, conn)
+            records = [publisher.prepare(e) for e in emitted]
+            return store(conn, records), refused
+
+    def _first_seen(self, conn: Connection, items: Sequence[Item]) -> list[Item]:
+        ids = [item.event.event_id for item in items]
+        rows = conn.execute(
+            "insert into inbox (consumer, event_id) select %s, unnest(%s::text[]) "
+            "on conflict do nothing returning event_id",
+            (self._consumer, ids),
+        ).fetchall()
+        new = {row[0] for row in rows}
+        fresh = []
+        for item in items:
+            if item.event.event_id in new:
+                new.discard(item.event.event_id)  # the same id twice in one batch: once only
+                fresh.append(item)
+        return fresh
+
+    def _run(self, item: Item, conn: Connection) -> list[Event]:
+        handler = self._handlers[type(item.event)]
+        with (
+            bind(goal_id=item.event.goal_id, event_type=item.event.schema_name),
+            consumer_span(item),
+        ):
+            return list(handler(item.event, item.delivery, conn))
+
+    def _one_by_one(
+        self, items: Sequence[Item], conn: Connection
+    ) -> tuple[list[Event], list[tuple[Item, str, str]]]:
+        emitted: list[Event] = []
+        refused: list[tuple[Item, str, str]] = []
+        for item in items:
+            try:
+                with conn.transaction():
+                    emitted += self._run(item, conn)
+            except _RETRYABLE:
+                raise
+            except PermanentError as exc:
+                refused.append((item, exc.category, str(exc)))
+            except Exception as exc:  # a handler bug: keep the record, go on with the others
+                log.exception("ledger handler failed on %s", item.event.schema_name)
+                refused.append((item, Category.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"))
+        return emitted, refused
+
+
+def store(conn: Connection, records: Sequence[Outgoing]) -> list[tuple[int, Outgoing]]:
+    """Insert records into the outbox in this transaction; returns them with their ids."""
+    if not records:
+        return []
+    rows = conn.execute(
+        "insert into outbox (topic, key, value, headers) "
+        "select * from unnest(%s::text[], %s::bytea[], %s::bytea[], %s::jsonb[]) "
+        "returning id",
+        (
+            [r.topic for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [_headers_json(r) for r in records],
+        ),
+    ).fetchall()
+    return [(int(row[0]), rec) for row, rec in zip(rows, records, strict=True)]
+
+
+def relay(pool: ConnectionPool, publisher: Publisher, sent: Sequence[tuple[int, Outgoing]]) -> None:
+    """Send committed outbox records and delete them once the broker has them."""
+    if not sent:
+        return
+    for _, record in sent:
+        publisher.send(record)
+    try:
+        publisher.flush()
+    except DeliveryError as exc:  # the rows stay; the sweeper sends them later
+        log.warning("outbox relay incomplete, the sweeper will retry: %s", exc)
+        return
+    with pool.connection() as conn:
+        conn.execute("delete from outbox where id = any(%s)", ([i for i, _ in sent],))
+        conn.commit()
+
+
+def sweep(pool: ConnectionPool, publisher: Publisher, *, older_than_s: float = 2.0) -> int:
+    """Send outbox records that their writer did not relay (it died); returns how many."""
+    with pool.connection() as conn, conn.transaction():
+        rows = conn.execute(
+            "select id, topic, key, value, headers from outbox "
+            "where created_at < now() - make_interval(secs => %s) "
+            "order by id limit 1000 for update skip locked",
+            (older_than_s,),
+        ).fetchall()
+        if not rows:
+            return 0
+        for _, topic, key, value, headers in rows:
+            publisher.send(Outgoing(topic, key, value, _headers_from(headers)))
+        publisher.flush()
+        conn.execute("delete from outbox where id = any(%s)", ([r[0] for r in rows],))
+    log.info("outbox sweeper sent %d record(s)", len(rows))
+    return len(rows)
+
+
+def _headers_json(record: Outgoing) -> str:
+    return json.dumps(
+        [[k, v.decode("latin-1") if isinstance(v, bytes) else v] for k, v in record.headers]
+    )
+
+
+def _headers_from(raw: Any) -> tuple[tuple[str, bytes | str | None], ...]:
+    return tuple((str(k), v.encode("latin-1") if isinstance(v, str) else v) for k, v in raw)

@@ -1,0 +1,70 @@
+"""The planner's pure decisions: what is ready, what is done, what a budget still allows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A plan step as the ledger holds it."""
+
+    task_id: str
+    step_id: str
+    tool: str
+    arguments: dict[str, Any]
+    depends_on: tuple[str, ...]
+    pool: str
+    status: str
+    attempt: int
+    idempotency_key: str
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class GoalRow:
+    """A goal's budget and progress as the ledger holds it."""
+
+    goal_id: str
+    text: str
+    input: dict[str, Any]
+    status: str
+    max_steps: int
+    max_tokens: int | None
+    budget_usd: float | None
+    deadline_at: datetime | None
+    plan_version: int
+    steps_used: int
+    tokens: int
+    cost_usd: float
+    submitted_at: datetime
+
+
+def ready(tasks: Sequence[TaskRow]) -> list[TaskRow]:
+    """Pending tasks whose dependencies have all succeeded, in plan order."""
+    done = {t.step_id for t in tasks if t.status == "succeeded"}
+    return [t for t in tasks if t.status == "pending" and set(t.depends_on) <= done]
+
+
+def all_succeeded(tasks: Sequence[TaskRow]) -> bool:
+    return bool(tasks) and all(t.status == "succeeded" for t in tasks)
+
+
+def results_by_step(tasks: Sequence[TaskRow]) -> dict[str, dict[str, Any]]:
+    return {t.step_id: t.result for t in tasks if t.status == "succeeded" and t.result is not None}
+
+
+def budget_problem(goal: GoalRow, now: datetime) -> tuple[str, str] | None:
+    """Why one more step may not be dispatched, as (category, message); None when it may."""
+    if goal.steps_used >= goal.max_steps:
+        return "budget_steps", f"the goal used its {goal.max_steps} steps"
+    if goal.max_tokens is not None and goal.tokens >= goal.max_tokens:
+        return "budget_tokens", f"the goal used {goal.tokens} of {goal.max_tokens} tokens"
+    if goal.budget_usd is not None and goal.cost_usd >= goal.budget_usd:
+        return "budget_cost", f"the goal spent ${goal.cost_usd:.4f} of ${goal.budget_usd:.4f}"
+    if goal.deadline_at is not None and now >= goal.deadline_at:
+        return "deadline", f"the goal's deadline {goal.deadline_at.isoformat()} passed"
+    return None

@@ -1,0 +1,281 @@
+"""The planner's ledger queries. Every change to a task is a compare-and-set on its attempt, so a
+late or repeated result can never overwrite a newer state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from agents import events as ev
+from agents.engines.base import Planned, PlanStep
+from agents.ledger.db import Connection
+from agents.planner.decide import GoalRow, TaskRow
+
+_GOAL_COLUMNS = (
+    "goal_id, text, input, status, max_steps, max_tokens, budget_usd, deadline_at, plan_version, "
+    "steps_used, input_tokens + output_tokens as tokens, cost_usd, submitted_at"
+)
+_TASK_COLUMNS = (
+    "task_id, step_id, tool, arguments, depends_on, pool, status, attempt, idempotency_key, result"
+)
+
+
+def insert_goal(conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | None) -> bool:
+    """Record a new goal; False when it is already known (a repeated submission)."""
+    row = conn.execute(
+        "insert into goals (goal_id, text, input, status, max_steps, max_tokens, budget_usd, "
+        "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at) "
+        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s) "
+        "on conflict (goal_id) do nothing returning goal_id",
+        (
+            goal.goal_id,
+            goal.text,
+            Jsonb(goal.input),
+            goal.max_steps,
+            goal.max_tokens,
+            goal.budget_usd,
+            goal.deadline_at,
+            goal.confidence_threshold,
+            goal.submitted_by,
+            trace_parent,
+            goal.envelope.occurred_at,
+        ),
+    ).fetchone()
+    return row is not None
+
+
+def lock_goal(conn: Connection, goal_id: str) -> GoalRow | None:
+    """The goal's row, locked until the transaction ends (planners serialise on it)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"select {_GOAL_COLUMNS} from goals where goal_id = %s for update",  # noqa: S608 - constant columns
+            (goal_id,),
+        ).fetchone()
+    return GoalRow(**row) if row else None
+
+
+def tasks_of(conn: Connection, goal_id: str, plan_version: int) -> list[TaskRow]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"select {_TASK_COLUMNS} from tasks where goal_id = %s and plan_version = %s "  # noqa: S608
+            "and kind = 'action' order by task_id",
+            (goal_id, plan_version),
+        ).fetchall()
+    return [TaskRow(**(r | {"depends_on": tuple(r["depends_on"])})) for r in rows]
+
+
+def insert_plan(
+    conn: Connection, goal: GoalRow, planned: Planned, pools: dict[str, str], reason: str = ""
+) -> int:
+    """Store a new plan version and its tasks; returns the version."""
+    version = goal.plan_version + 1
+    steps = planned.draft.steps
+    conn.execute(
+        "insert into plans (goal_id, version, engine, rationale, steps, reason) "
+        "values (%s, %s, %s, %s, %s, %s)",
+        (
+            goal.goal_id,
+            version,
+            planned.engine,
+            planned.draft.rationale,
+            Jsonb([s.model_dump() for s in steps]),
+            reason,
+        ),
+    )
+    _insert_tasks(conn, goal.goal_id, version, steps, pools)
+    conn.execute(
+        "update goals set plan_version = %s, status = 'running' where goal_id = %s",
+        (version, goal.goal_id),
+    )
+    return version
+
+
+def _insert_tasks(
+    conn: Connection, goal_id: str, version: int, steps: Sequence[PlanStep], pools: dict[str, str]
+) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "insert into tasks (task_id, goal_id, plan_version, step_id, tool, arguments, "
+            "depends_on, pool, status, idempotency_key) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)",
+            [
+                (
+                    f"{goal_id}.{version}.{s.id}",
+                    goal_id,
+                    version,
+                    s.id,
+                    s.tool,
+                    Jsonb(s.arguments),
+                    s.depends_on,
+                    pools[s.tool],
+                    f"{goal_id}:{s.id}",
+                )
+                for s in steps
+            ],
+        )
+
+
+def dispatch(
+    conn: Connection, goal_id: str, task: TaskRow, arguments: dict[str, Any], feedback: str | None
+) -> int:
+    """Move ``task`` to its next attempt; returns the attempt number."""
+    attempt = task.attempt + 1
+    conn.execute(
+        "update tasks set status = 'dispatched', attempt = %s where task_id = %s",
+        (attempt, task.task_id),
+    )
+    conn.execute(
+        "insert into attempts (task_id, attempt, status, arguments, message) "
+        "values (%s, %s, 'dispatched', %s, %s)",
+        (task.task_id, attempt, Jsonb(arguments), feedback),
+    )
+    conn.execute(
+        "update goals set steps_used = steps_used + 1 where goal_id = %s",
+        (goal_id,),
+    )
+    return attempt
+
+
+def record_outcome(conn: Connection, event: ev.TaskCompleted | ev.TaskFailed) -> bool:
+    """Store a worker's outcome if it answers the task's current attempt; False otherwise."""
+    completed = isinstance(event, ev.TaskCompleted)
+    row = conn.execute(
+        "update tasks set status = 'evaluating', "
+        "first_started_at = coalesce(first_started_at, %s) "
+        "where task_id = %s and attempt = %s and status = 'dispatched' returning task_id",
+        (event.started_at, event.task_id, event.attempt),
+    ).fetchone()
+    conn.execute(
+        "update attempts set status = %s, worker_id = %s, started_at = %s, finished_at = %s, "
+        "category = %s, message = coalesce(%s, message), result = %s, input_tokens = %s, "
+        "output_tokens = %s, cost_usd = %s "
+        "where task_id = %s and attempt = %s and status = 'dispatched'",
+        (
+            "completed" if completed else "failed",
+            event.worker_id,
+            event.started_at,
+            event.finished_at,
+            None if completed else event.category,  # type: ignore[union-attr]
+            None if completed else event.message,  # type: ignore[union-attr]
+            Jsonb(event.result if completed else event.details),  # type: ignore[union-attr]
+            event.usage.input_tokens,
+            event.usage.output_tokens,
+            event.usage.cost_usd,
+            event.task_id,
+            event.attempt,
+        ),
+    )
+    return row is not None
+
+
+def record_verdict(conn: Connection, event: ev.TaskEvaluated) -> TaskRow | None:
+    """Store a verdict on the task's current attempt; the task, or None for a stale verdict."""
+    inserted = conn.execute(
+        "insert into verdicts (task_id, attempt, decision, confidence, reason, feedback, "
+        "input_tokens, output_tokens, cost_usd) "
+        "select %s, %s, %s, %s, %s, %s, %s, %s, %s where exists "
+        "(select 1 from attempts where task_id = %s and attempt = %s) "
+        "on conflict do nothing returning task_id",
+        (
+            event.task_id,
+            event.attempt,
+            event.decision,
+            event.confidence,
+            event.reason,
+            event.feedback,
+            event.usage.input_tokens,
+            event.usage.output_tokens,
+            event.usage.cost_usd,
+            event.task_id,
+            event.attempt,
+        ),
+    ).fetchone()
+    if inserted is None:
+        return None
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"select {_TASK_COLUMNS} from tasks where task_id = %s and attempt = %s "  # noqa: S608
+            "and status = 'evaluating' for update",
+            (event.task_id, event.attempt),
+        ).fetchone()
+    return TaskRow(**(row | {"depends_on": tuple(row["depends_on"])})) if row else None
+
+
+def succeed(conn: Connection, task: TaskRow, finished_at: datetime) -> TaskRow:
+    """Mark the task done with the result of its current attempt."""
+    row = conn.execute(
+        "update tasks t set status = 'succeeded', finished_at = %s, result = a.result "
+        "from attempts a where t.task_id = %s and a.task_id = t.task_id and a.attempt = t.attempt "
+        "returning t.result",
+        (finished_at, task.task_id),
+    ).fetchone()
+    result = row[0] if row else {}
+    return TaskRow(**(task.__dict__ | {"status": "succeeded", "result": result}))
+
+
+def fail_task(conn: Connection, task: TaskRow, finished_at: datetime) -> None:
+    conn.execute(
+        "update tasks set status = 'failed', finished_at = %s where task_id = %s",
+        (finished_at, task.task_id),
+    )
+
+
+def add_usage(conn: Connection, goal_id: str, source: str, usage: ev.Usage) -> None:
+    """Charge tokens and cost to the goal (and keep the line item)."""
+    if not (usage.input_tokens or usage.output_tokens or usage.cost_usd):
+        return
+    conn.execute(
+        "update goals set input_tokens = input_tokens + %s, output_tokens = output_tokens + %s, "
+        "cost_usd = cost_usd + %s where goal_id = %s",
+        (usage.input_tokens, usage.output_tokens, usage.cost_usd, goal_id),
+    )
+    conn.execute(
+        "insert into usage_log (goal_id, source, input_tokens, output_tokens, cost_usd) "
+        "values (%s, %s, %s, %s, %s)",
+        (goal_id, source, usage.input_tokens, usage.output_tokens, usage.cost_usd),
+    )
+
+
+def finish_goal(
+    conn: Connection,
+    goal_id: str,
+    *,
+    status: str,
+    summary: str,
+    category: str | None = None,
+    message: str | None = None,
+    output: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "update goals set status = %s, summary = %s, error_category = %s, error_message = %s, "
+        "output = %s, finished_at = now() where goal_id = %s",
+        (
+            status,
+            summary,
+            category,
+            message,
+            Jsonb(output) if output is not None else None,
+            goal_id,
+        ),
+    )
+    conn.execute(
+        "update tasks set status = 'cancelled' where goal_id = %s "
+        "and status in ('pending', 'dispatched', 'evaluating')",
+        (goal_id,),
+    )
+
+
+def usage_of(conn: Connection, goal_id: str) -> tuple[ev.Usage, int, float]:
+    """The goal's total usage, steps used, and seconds since submission."""
+    row = conn.execute(
+        "select input_tokens, output_tokens, cost_usd, steps_used, "
+        "extract(epoch from now() - submitted_at) from goals where goal_id = %s",
+        (goal_id,),
+    ).fetchone()
+    assert row is not None
+    usage = ev.Usage(input_tokens=row[0], output_tokens=row[1], cost_usd=row[2])
+    return usage, int(row[3]), float(row[4])

@@ -1,0 +1,68 @@
+"""``mesh run planner``: the planner process, its outbox sweeper and its lease watchdog."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from agents import events as ev
+from agents.engines.select import engine_from_env
+from agents.ledger.outbox import LedgerSink, sweep
+from agents.planner.agent import Planner
+from agents.runtime.app import AgentApp
+from agents.runtime.settings import MeshSettings
+from agents.runtime.shortlived import Lease, Leases
+from agents.tools.catalogue import default_registry
+
+log = logging.getLogger(__name__)
+HOUSEKEEPING_EVERY_S = 1.0
+
+
+class Housekeeping:
+    """Between batches, at most once a second: relay orphaned outbox rows, and report tasks whose
+    worker stopped heartbeating as failed with ``lease_expired`` so the evaluator retries them."""
+
+    def __init__(self, app: AgentApp, leases: Leases) -> None:
+        self._app = app
+        self._leases = leases
+        self._next = 0.0
+
+    def __call__(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + HOUSEKEEPING_EVERY_S
+        sweep(self._app.db, self._app.publisher)
+        expired = self._leases.take_expired()
+        for lease in expired:
+            log.warning("lease of %s attempt %d expired", lease.task_id, lease.attempt)
+            self._app.publisher.publish(_lease_expired(lease))
+        if expired:
+            self._app.publisher.flush()
+
+
+def _lease_expired(lease: Lease) -> ev.TaskFailed:
+    now = datetime.now(UTC)
+    return ev.TaskFailed(
+        envelope=ev.Envelope(goal_id=lease.goal_id, producer_agent="planner"),
+        task_id=lease.task_id,
+        step_id=lease.step_id,
+        tool=lease.tool,
+        attempt=lease.attempt,
+        category="lease_expired",
+        message="the worker stopped heartbeating",
+        retryable=True,
+        worker_id="watchdog",
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def run(settings: MeshSettings) -> int:
+    app = AgentApp.start("planner", settings)
+    planner = Planner(engine=engine_from_env(), registry=default_registry())
+    sweep(app.db, app.publisher, older_than_s=0)  # what a previous planner left unsent
+    leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
+    sink = LedgerSink(pool=app.db, consumer="planner", handlers=planner.handlers())
+    runtime = app.consumer(roles=("goals", "results"), sink=sink, tick=Housekeeping(app, leases))
+    return app.serve(runtime)

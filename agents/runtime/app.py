@@ -1,0 +1,111 @@
+"""What every agent process sets up the same way: settings checked, tracing, the producer, the
+ledger pool, Redis, signals, and a clean stop (finish the batch in hand, flush, commit, leave)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import redis
+from psycopg_pool import ConnectionPool
+
+from agents.ledger.db import open_pool
+from agents.runtime.consumer import Backoff, ConsumerRuntime, Sink
+from agents.runtime.kafka import check_kafka
+from agents.runtime.publisher import Publisher
+from agents.runtime.services import check_redis
+from agents.runtime.settings import MeshSettings
+from agents.runtime.telemetry import setup_tracing
+from agents.tools.base import ToolResources
+from schemas.codec import Codec
+
+log = logging.getLogger(__name__)
+
+
+def instance_id(role: str) -> str:
+    """A readable id for this process: role, host and pid."""
+    return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class AgentApp:
+    """The shared pieces of one agent process."""
+
+    role: str
+    settings: MeshSettings
+    client_id: str
+    codec: Codec
+    publisher: Publisher
+    db: ConnectionPool
+    redis: redis.Redis
+
+    @classmethod
+    def start(cls, role: str, settings: MeshSettings, *, db_size: int = 4) -> AgentApp:
+        """Check every service first (fail fast, fix named), then build the pieces."""
+        check_kafka(settings)
+        check_redis(settings)
+        db = open_pool(settings, max_size=db_size)
+        provider = setup_tracing(f"mesh-{role}")
+        del provider
+        client_id = instance_id(role)
+        codec = Codec()
+        return cls(
+            role=role,
+            settings=settings,
+            client_id=client_id,
+            codec=codec,
+            publisher=Publisher(settings=settings, codec=codec, client_id=client_id),
+            db=db,
+            redis=redis.Redis.from_url(settings.redis_url.get_secret_value()),
+        )
+
+    def group(self, suffix: str = "") -> str:
+        """Consumer group of this role, isolated per topic prefix."""
+        return f"{self.settings.topic_prefix}{self.role}{suffix}"
+
+    def tool_resources(self) -> ToolResources:
+        return ToolResources(db=self.db, sandbox_dir=Path(self.settings.sandbox_dir))
+
+    def consumer(
+        self,
+        *,
+        roles: Sequence[str],
+        sink: Sink,
+        group: str | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> ConsumerRuntime:
+        return ConsumerRuntime(
+            settings=self.settings,
+            codec=self.codec,
+            publisher=self.publisher,
+            group_id=group or self.group(),
+            roles=roles,
+            sink=sink,
+            client_id=self.client_id,
+            backoff=Backoff(),
+            tick=tick,
+        )
+
+    def serve(self, runtime: ConsumerRuntime) -> int:
+        """Run until SIGTERM or SIGINT, then stop cleanly; returns the exit code."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: finishing the batch in hand, then stopping", signum)
+            runtime.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("%s %s running", self.role, self.client_id)
+        try:
+            runtime.run()
+        finally:
+            self.db.close()
+            self.redis.close()
+        log.info("%s %s stopped", self.role, self.client_id)
+        return 0

@@ -1,0 +1,108 @@
+"""Short-lived state in Redis: task leases with heartbeats, and per-tool rate limits.
+
+Nothing here is needed for correctness. If Redis is flushed, running workers put their leases
+back at the next heartbeat, rate-limit windows start afresh, and a task whose lease vanished
+together with its worker is still re-delivered by Kafka to another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A running task attempt, as ``task_id|attempt|goal_id|step_id|tool``."""
+
+    task_id: str
+    attempt: int
+    goal_id: str
+    step_id: str
+    tool: str
+
+    def member(self) -> str:
+        return f"{self.task_id}|{self.attempt}|{self.goal_id}|{self.step_id}|{self.tool}"
+
+    @classmethod
+    def parse(cls, member: str) -> Lease:
+        task_id, attempt, goal_id, step_id, tool = member.split("|")
+        return cls(task_id, int(attempt), goal_id, step_id, tool)
+
+
+class Leases:
+    """Leases in one sorted set scored by expiry time; a heartbeat thread keeps ours alive."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float = 10.0) -> None:
+        self._redis = client
+        self._key = f"{prefix}leases"
+        self._ttl = ttl_s
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.add(lease.member())
+        self._redis.zadd(self._key, {lease.member(): time.time() + self._ttl})
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.discard(lease.member())
+        self._redis.zrem(self._key, lease.member())
+
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._ttl / 3):
+            with self._lock:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                self._redis.zadd(self._key, dict.fromkeys(held, time.time() + self._ttl))
+            except redis.RedisError as exc:  # Redis away: the leases may lapse, work goes on
+                log.warning("lease heartbeat failed: %s", exc)
+
+    def take_expired(self, now: float | None = None) -> list[Lease]:
+        """Remove and return leases whose holder stopped heartbeating (the watchdog's view)."""
+        deadline = time.time() if now is None else now
+        members = self._redis.zrangebyscore(self._key, "-inf", deadline)
+        taken = []
+        for member in members:
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            if self._redis.zrem(self._key, text):  # only one watchdog gets each lease
+                taken.append(Lease.parse(text))
+        return taken
+
+
+class RateLimiter:
+    """At most ``limit`` calls a second per tool across all workers (one-second windows)."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    def wait_turn(self, tool: str, limit: float) -> None:
+        """Return when this call fits in the tool's budget for the current second."""
+        while True:
+            second = int(time.time())
+            key = f"{self._prefix}rate:{tool}:{second}"
+            pipe = self._redis.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, 2)
+            if int(pipe.execute()[0]) <= limit:
+                return
+            time.sleep(max(second + 1 - time.time(), 0.001))  # the next window

@@ -1,0 +1,50 @@
+"""General-purpose tools: waiting a fixed time and echoing a value. Used by tests, benchmarks
+and plans that need a pause; both are free of side effects, so idempotent by nature."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agents.tools.base import ToolContext, tool
+
+
+class PauseArgs(BaseModel):
+    seconds: float = Field(ge=0, le=300, description="how long to wait")
+    label: str = ""
+
+
+class PauseResult(BaseModel):
+    seconds: float
+    label: str
+    started_at: float = Field(description="unix time the wait began")
+    finished_at: float = Field(description="unix time the wait ended")
+
+
+@tool(timeout_s=330)
+def pause(args: PauseArgs, ctx: ToolContext) -> PauseResult:
+    """Wait the given number of seconds, then report when the wait began and ended."""
+    started = time.time()
+    time.sleep(args.seconds)
+    return PauseResult(
+        seconds=args.seconds, label=args.label, started_at=started, finished_at=time.time()
+    )
+
+
+class EchoArgs(BaseModel):
+    value: Any = None
+
+
+class EchoResult(BaseModel):
+    value: Any = None
+
+
+@tool(timeout_s=5)
+def echo(args: EchoArgs, ctx: ToolContext) -> EchoResult:
+    """Return the given value unchanged."""
+    return EchoResult(value=args.value)
+
+
+BUILTIN_TOOLS = (pause, echo)

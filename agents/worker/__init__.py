@@ -1,0 +1,1 @@
+"""The worker agent: tasks in, tool calls, results out (see ``agent``)."""

@@ -1,0 +1,171 @@
+"""The worker agent.
+
+Consumes: ``tasks`` (TaskAssigned) for its capability pools. Emits: TaskCompleted or TaskFailed
+on ``results``. Run it with ``mesh run worker [--pool NAME[,NAME]] [--concurrency N]``; any number
+may run, workers of the same pools share the work.
+
+A worker holds no state of its own. It validates the call against the tool registry (an unknown
+tool or invalid arguments is a categorised TaskFailed, never a crash), takes a lease that a
+heartbeat keeps alive while the tool runs, enforces the tool's timeout and rate limit, and reports
+the typed result. Tools are idempotent by the task's idempotency key, so a task re-delivered after
+a crash repeats no side effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents import events as ev
+from agents.runtime.consumer import Delivery
+from agents.runtime.shortlived import Lease, Leases, RateLimiter
+from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
+
+log = logging.getLogger(__name__)
+AGENT = "worker"
+
+
+class ToolTimeoutError(ToolError):
+    category = "timeout"
+    retryable = True
+
+
+class Worker:
+    """Runs one task attempt at a time per calling thread."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        resources: ToolResources,
+        leases: Leases,
+        limiter: RateLimiter,
+        worker_id: str,
+        pools: Collection[str] = (),
+        max_parallel_tools: int = 16,
+    ) -> None:
+        self._registry = registry
+        self._resources = resources
+        self._leases = leases
+        self._limiter = limiter
+        self._worker_id = worker_id
+        self._pools = frozenset(pools)
+        # Tool calls run here so a timeout can be enforced; a call that overstays is reported
+        # as timed out and left to finish on its own (its effect is idempotent).
+        self._calls = ThreadPoolExecutor(max_parallel_tools, thread_name_prefix="tool")
+
+    def serves(self, pool: str) -> bool:
+        return not self._pools or pool in self._pools
+
+    def on_assigned(self, event: ev.TaskAssigned, delivery: Delivery) -> list[ev.Event]:
+        if not self.serves(event.pool):
+            return []  # another pool's task
+        lease = Lease(event.task_id, event.attempt, event.goal_id, event.step_id, event.tool)
+        started = datetime.now(UTC)
+        self._leases.acquire(lease)
+        try:
+            result = self._call(event)
+        except ToolError as exc:
+            return [self._failed(event, started, exc)]
+        finally:
+            self._leases.release(lease)
+        return [self._completed(event, started, result)]
+
+    def _call(self, event: ev.TaskAssigned) -> BaseModel:
+        tool = self._registry.get(event.tool)
+        args = tool.parse_args(event.arguments)
+        if tool.rate_limit_per_s is not None:
+            self._limiter.wait_turn(tool.name, tool.rate_limit_per_s)
+        future = self._calls.submit(tool.run, args, self._context(event))
+        try:
+            result = future.result(timeout=event.timeout_s or tool.timeout_s)
+        except FutureTimeout as exc:
+            raise ToolTimeoutError(
+                f"{tool.name} did not finish within {event.timeout_s:g}s"
+            ) from exc
+        except ToolError:
+            raise
+        except Exception as exc:  # a tool bug is the tool's failure, not the worker's
+            log.exception("tool %s raised", tool.name)
+            raise ToolError(f"{tool.name} raised {type(exc).__name__}: {exc}") from exc
+        return _checked(tool, result)
+
+    def _context(self, event: ev.TaskAssigned) -> ToolContext:
+        return ToolContext(
+            goal_id=event.goal_id,
+            task_id=event.task_id,
+            step_id=event.step_id,
+            attempt=event.attempt,
+            idempotency_key=event.idempotency_key,
+            goal_input=self._goal_input(event.goal_id),
+            resources=self._resources,
+            feedback=event.feedback,
+        )
+
+    def _goal_input(self, goal_id: str) -> dict[str, Any]:
+        with self._resources.db.connection() as conn:
+            row = conn.execute("select input from goals where goal_id = %s", (goal_id,)).fetchone()
+        return dict(row[0]) if row else {}
+
+    def _completed(
+        self, event: ev.TaskAssigned, started: datetime, result: BaseModel
+    ) -> ev.TaskCompleted:
+        return ev.TaskCompleted(
+            envelope=self._envelope(event),
+            task_id=event.task_id,
+            step_id=event.step_id,
+            tool=event.tool,
+            attempt=event.attempt,
+            result=result.model_dump(mode="json"),
+            worker_id=self._worker_id,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+        )
+
+    def _failed(self, event: ev.TaskAssigned, started: datetime, exc: ToolError) -> ev.TaskFailed:
+        log.info(
+            "task %s attempt %d failed: %s: %s", event.task_id, event.attempt, exc.category, exc
+        )
+        return ev.TaskFailed(
+            envelope=self._envelope(event),
+            task_id=event.task_id,
+            step_id=event.step_id,
+            tool=event.tool,
+            attempt=event.attempt,
+            category=exc.category,
+            message=str(exc),
+            retryable=exc.retryable,
+            worker_id=self._worker_id,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            details=_jsonable(exc.details),
+        )
+
+    def _envelope(self, event: ev.TaskAssigned) -> ev.Envelope:
+        return ev.Envelope(
+            goal_id=event.goal_id,
+            producer_agent=AGENT,
+            correlation_id=event.envelope.correlation_id,
+            causation_id=event.event_id,
+        )
+
+    def close(self) -> None:
+        self._calls.shutdown(wait=False, cancel_futures=True)
+
+
+def _checked(tool: Tool[Any, Any], result: Any) -> BaseModel:
+    if not isinstance(result, tool.result):
+        raise ToolError(f"{tool.name} returned {type(result).__name__}, not {tool.result.__name__}")
+    assert isinstance(result, BaseModel)
+    return result
+
+
+def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(json.dumps(details, default=str)))

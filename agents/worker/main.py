@@ -1,0 +1,39 @@
+"""``mesh run worker``: a worker process for some capability pools (all when none is named)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from agents import events as ev
+from agents.runtime.app import AgentApp
+from agents.runtime.consumer import HandlerSink
+from agents.runtime.settings import MeshSettings
+from agents.runtime.shortlived import Leases, RateLimiter
+from agents.tools.catalogue import default_registry
+from agents.worker.agent import Worker
+
+
+def run(
+    settings: MeshSettings, *, pools: Collection[str] = (), concurrency: int | None = None
+) -> int:
+    parallel = concurrency or settings.worker_concurrency
+    app = AgentApp.start("worker", settings, db_size=parallel + 1)
+    leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
+    worker = Worker(
+        registry=default_registry(),
+        resources=app.tool_resources(),
+        leases=leases,
+        limiter=RateLimiter(app.redis, prefix=settings.topic_prefix),
+        worker_id=app.client_id,
+        pools=pools,
+        max_parallel_tools=parallel * 2,
+    )
+    leases.start_heartbeat()
+    sink = HandlerSink({ev.TaskAssigned: worker.on_assigned}, concurrency=parallel)
+    # Workers of the same pools share one group; each pool set reads the tasks topic on its own.
+    suffix = "-" + "-".join(sorted(pools)) if pools else "-all"
+    try:
+        return app.serve(app.consumer(roles=("tasks",), sink=sink, group=app.group(suffix)))
+    finally:
+        leases.stop_heartbeat()
+        worker.close()
