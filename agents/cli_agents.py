@@ -42,6 +42,16 @@ def _read_input(source: str | None) -> dict[str, Any]:
 
 
 def submit(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from agents.runtime.telemetry import setup_tracing  # noqa: PLC0415
+
+    provider = setup_tracing("mesh-cli")  # the goal's trace starts here
+    try:
+        return _submit(args, settings)
+    finally:
+        provider.shutdown()
+
+
+def _submit(args: argparse.Namespace, settings: MeshSettings) -> int:
     with MeshClient(settings) as client:
         handle = client.submit(
             args.text,
@@ -154,6 +164,11 @@ def add_commands(sub: Any) -> None:
     ca.add_argument("--reason", default="")
     ca.set_defaults(func=cancel)
 
+    hist = sub.add_parser("history", help="a goal's events, read back from Kafka alone")
+    hist.add_argument("goal_id")
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(func=history)
+
     tail = sub.add_parser("tail", help="follow the results topic")
     tail.add_argument("--goal")
     tail.add_argument("--json", action="store_true")
@@ -172,3 +187,16 @@ def follow(args: argparse.Namespace, settings: MeshSettings) -> int:
         from_beginning=args.from_beginning,
         max_seconds=args.max_seconds,
     )
+
+
+def history(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from agents.history import goal_history  # noqa: PLC0415
+    from agents.tail import describe  # noqa: PLC0415
+
+    events = goal_history(settings, args.goal_id)
+    for event in events:
+        if args.json:
+            print(json.dumps({"type": event.schema_name, **event.model_dump(mode="json")}))
+        else:
+            print(describe(event))
+    return 0 if events else 1

@@ -61,10 +61,11 @@ def _show(codec: Codec, value: bytes | None, goal: str | None, as_json: bool) ->
     if as_json:
         print(json.dumps({"type": event.schema_name, **event.model_dump(mode="json")}), flush=True)
     else:
-        print(_line(event), flush=True)
+        print(describe(event), flush=True)
 
 
-def _line(event: ev.Event) -> str:
+def describe(event: ev.Event) -> str:
+    """One readable line for an event."""
     when = event.envelope.occurred_at.strftime("%H:%M:%S.%f")[:-3]
     head = f"{when} {event.goal_id[:12]} {type(event).__name__:<14}"
     if isinstance(event, ev.TaskCompleted | ev.TaskFailed | ev.TaskEvaluated):
@@ -78,4 +79,6 @@ def _line(event: ev.Event) -> str:
         return f"{head} {event.category}: {event.message}"
     if isinstance(event, ev.GoalCompleted):
         return f"{head} {event.summary}"
+    if isinstance(event, ev.TaskAssigned):
+        return f"{head} {event.step_id} attempt {event.attempt} -> {event.tool} [{event.pool}]"
     return head

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 from agents.events import Event
 from agents.ledger.db import Connection
 from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span
+from agents.runtime.crash import crashpoint
 from agents.runtime.errors import Category, PermanentError, TransientError
 from agents.runtime.logs import bind
 from agents.runtime.publisher import DeliveryError, Outgoing, Publisher
@@ -60,6 +61,7 @@ class LedgerSink:
                 if runtime.wait_or_stop(delay):
                     return []
                 attempt += 1
+        crashpoint("ledger.after_commit")
         for item, category, reason in refused:
             runtime.dead_letter(item.delivery, category, reason)
         relay(self._pool, runtime.publisher, sent)
@@ -72,13 +74,12 @@ class LedgerSink:
             fresh = self._first_seen(conn, items)
             try:
                 with conn.transaction():  # fast path: the whole batch at once
-                    emitted = [e for item in fresh for e in self._run(item, conn)]
+                    records = [r for item in fresh for r in self._run(item, conn, publisher)]
                 refused: list[tuple[Item, str, str]] = []
             except _RETRYABLE:
                 raise
             except Exception:  # noqa: BLE001 - find the culprit record by record, in savepoints
-                emitted, refused = self._one_by_one(fresh, conn)
-            records = [publisher.prepare(e) for e in emitted]
+                records, refused = self._one_by_one(fresh, conn, publisher)
             return store(conn, records), refused
 
     def _first_seen(self, conn: Connection, items: Sequence[Item]) -> list[Item]:
@@ -96,23 +97,24 @@ class LedgerSink:
                 fresh.append(item)
         return fresh
 
-    def _run(self, item: Item, conn: Connection) -> list[Event]:
+    def _run(self, item: Item, conn: Connection, publisher: Publisher) -> list[Outgoing]:
+        """Handle one event; its outputs are encoded inside its span, so they carry its trace."""
         handler = self._handlers[type(item.event)]
         with (
             bind(goal_id=item.event.goal_id, event_type=item.event.schema_name),
             consumer_span(item),
         ):
-            return list(handler(item.event, item.delivery, conn))
+            return [publisher.prepare(e) for e in handler(item.event, item.delivery, conn)]
 
     def _one_by_one(
-        self, items: Sequence[Item], conn: Connection
-    ) -> tuple[list[Event], list[tuple[Item, str, str]]]:
-        emitted: list[Event] = []
+        self, items: Sequence[Item], conn: Connection, publisher: Publisher
+    ) -> tuple[list[Outgoing], list[tuple[Item, str, str]]]:
+        emitted: list[Outgoing] = []
         refused: list[tuple[Item, str, str]] = []
         for item in items:
             try:
                 with conn.transaction():
-                    emitted += self._run(item, conn)
+                    emitted += self._run(item, conn, publisher)
             except _RETRYABLE:
                 raise
             except PermanentError as exc:

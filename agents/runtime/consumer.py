@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from opentelemetry.trace import SpanKind
 
 from agents.events import DeadLetter, Envelope, Event, Header
+from agents.runtime.crash import crashpoint
 from agents.runtime.errors import Category, PermanentError, PoisonRecord, TransientError
 from agents.runtime.kafka import consumer_config
 from agents.runtime.logs import bind
@@ -179,6 +180,7 @@ class ConsumerRuntime:
                 finished += self._sink.handle(items, self)
         finally:
             self.publisher.flush()
+            crashpoint("consumer.after_publish")
             self._store(finished)
         return len(finished)
 

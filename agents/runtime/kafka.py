@@ -59,6 +59,9 @@ def consumer_config(settings: MeshSettings, *, client_id: str, group_id: str) ->
         "auto.commit.interval.ms": 200,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        # A consumer that dies hands its partitions on within seconds, not the default 45.
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
         "fetch.wait.max.ms": 10,
         "fetch.max.bytes": 16 * 1024 * 1024,
         "max.partition.fetch.bytes": 10 * 1024 * 1024,

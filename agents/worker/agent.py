@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from agents import events as ev
 from agents.runtime.consumer import Delivery
+from agents.runtime.crash import crashpoint
 from agents.runtime.shortlived import Lease, Leases, RateLimiter
 from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
 
@@ -72,6 +73,7 @@ class Worker:
         self._leases.acquire(lease)
         try:
             result = self._call(event)
+            crashpoint("worker.after_effect")
         except ToolError as exc:
             return [self._failed(event, started, exc)]
         finally:

@@ -1,0 +1,81 @@
+"""Running real agent processes in tests: environments, fleets, group readiness, ledger reads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient
+
+from agents.runtime.fleet import Fleet
+from agents.runtime.kafka import client_config
+from agents.runtime.settings import MeshSettings
+from tests.support import assert_eventually
+
+
+def agent_env(settings: MeshSettings, tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of agent processes that talk to this test's topics and folders."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "REDIS_URL": settings.redis_url.get_secret_value(),
+        "MESH_TOPIC_PREFIX": settings.topic_prefix,
+        "MESH_SANDBOX_DIR": str(tmp / "sandbox"),
+        "MESH_TRACE_FILE": str(tmp / "traces.jsonl"),
+        "MESH_LEASE_TTL_S": "3",
+        **extra,
+    }
+
+
+def wait_groups(settings: MeshSettings, members: dict[str, int], timeout: float = 60.0) -> None:
+    """Wait until each consumer group (by role suffix) is stable with that many members."""
+    admin = AdminClient(client_config(settings, client_id="test-groups"))
+
+    def ready() -> bool:
+        names = [f"{settings.topic_prefix}{suffix}" for suffix in members]
+        futures = admin.describe_consumer_groups(names, request_timeout=5)
+        for suffix, want in members.items():
+            group = futures[f"{settings.topic_prefix}{suffix}"].result()
+            if group.state != ConsumerGroupState.STABLE or len(group.members) != want:
+                return False
+        return True
+
+    assert_eventually(ready, timeout=timeout, interval=0.2, what=f"consumer groups {members}")
+
+
+@contextmanager
+def running_mesh(
+    settings: MeshSettings,
+    tmp: Path,
+    *,
+    workers: int = 2,
+    worker_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[Fleet]:
+    """A planner, ``workers`` workers and an evaluator, ready (every group stable) on entry."""
+    fleet = Fleet(env=env or agent_env(settings, tmp), log_dir=tmp / "logs")
+    fleet.add("planner", "planner")
+    for n in range(workers):
+        fleet.add(f"worker-{n + 1}", "worker", *worker_args)
+    fleet.add("evaluator", "evaluator")
+    with fleet:
+        wait_groups(settings, {"planner": 1, "worker-all": workers, "evaluator": 1})
+        yield fleet
+
+
+def ledger_rows(
+    settings: MeshSettings, sql: str, params: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        return conn.execute(sql.encode(), params).fetchall()
+
+
+def steps_input(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Goal input for the offline engine's explicit-steps playbook."""
+    return {"playbook": "steps", "steps": list(steps), **extra}
