@@ -180,7 +180,8 @@ class ConsumerRuntime:
                 finished += self._sink.handle(items, self)
         finally:
             self.publisher.flush()
-            crashpoint("consumer.after_publish")
+            if finished:
+                crashpoint("consumer.after_publish")
             self._store(finished)
         return len(finished)
 
