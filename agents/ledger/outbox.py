@@ -29,6 +29,8 @@ from agents.runtime.publisher import DeliveryError, Outgoing, Publisher
 log = logging.getLogger(__name__)
 
 LedgerHandler = Callable[[Any, Delivery, Connection], Iterable[Event]]
+Refusal = Callable[[Any, str, str, Connection], Iterable[Event]]
+"""Called in its own savepoint when a handler refused an event: (event, category, reason)."""
 _RETRYABLE = (TransientError, psycopg.OperationalError)
 
 
@@ -41,7 +43,9 @@ class LedgerSink:
         pool: ConnectionPool,
         consumer: str,
         handlers: Mapping[type[Event], LedgerHandler],
+        on_refused: Refusal | None = None,
     ) -> None:
+        self._on_refused = on_refused
         self._pool = pool
         self._consumer = consumer
         self._handlers = dict(handlers)
@@ -122,7 +126,21 @@ class LedgerSink:
             except Exception as exc:  # a handler bug: keep the record, go on with the others
                 log.exception("ledger handler failed on %s", item.event.schema_name)
                 refused.append((item, Category.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"))
+            else:
+                continue
+            emitted += self._refusal(item, refused[-1][1], refused[-1][2], conn, publisher)
         return emitted, refused
+
+    def _refusal(
+        self, item: Item, category: str, reason: str, conn: Connection, publisher: Publisher
+    ) -> list[Outgoing]:
+        """Let the agent settle what the refused event was about (a goal must not hang)."""
+        if self._on_refused is None:
+            return []
+        with conn.transaction(), consumer_span(item):
+            return [
+                publisher.prepare(e) for e in self._on_refused(item.event, category, reason, conn)
+            ]
 
 
 def store(conn: Connection, records: Sequence[Outgoing]) -> list[tuple[int, Outgoing]]:

@@ -56,6 +56,17 @@ class Planner:
             ev.TaskEvaluated: self.on_verdict,
         }
 
+    def on_refused(
+        self, event: ev.Event, category: str, reason: str, conn: Connection
+    ) -> list[ev.Event]:
+        """An event this planner could not handle ends its goal as failed, never stuck."""
+        if isinstance(event, ev.GoalSubmitted):
+            L.insert_goal(conn, event, None)
+        goal = L.lock_goal(conn, event.goal_id)
+        if goal is None or goal.status not in ("planning", "running"):
+            return []
+        return self._fail(conn, goal, event, "internal_error", f"{category}: {reason}")
+
     def on_submitted(
         self, event: ev.GoalSubmitted, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:

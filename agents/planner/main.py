@@ -63,6 +63,8 @@ def run(settings: MeshSettings) -> int:
     planner = Planner(engine=engine_from_env(), registry=default_registry())
     sweep(app.db, app.publisher, older_than_s=0)  # what a previous planner left unsent
     leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
-    sink = LedgerSink(pool=app.db, consumer="planner", handlers=planner.handlers())
+    sink = LedgerSink(
+        pool=app.db, consumer="planner", handlers=planner.handlers(), on_refused=planner.on_refused
+    )
     runtime = app.consumer(roles=("goals", "results"), sink=sink, tick=Housekeeping(app, leases))
     return app.serve(runtime)

@@ -1,0 +1,133 @@
+"""The ledger sink on real Postgres and Kafka: inbox de-duplication, outbox relay and sweep,
+and a refused goal that ends as failed instead of hanging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from agents import events as ev
+from agents.engines.offline import OfflineEngine
+from agents.ledger.db import Connection, open_pool
+from agents.ledger.outbox import LedgerSink, store, sweep
+from agents.planner.agent import Planner
+from agents.runtime.consumer import ConsumerRuntime, Delivery
+from agents.runtime.publisher import Publisher
+from agents.runtime.settings import MeshSettings
+from agents.tools.catalogue import default_registry
+from schemas.codec import Codec
+from tests.kafka_support import read_all
+from tests.mesh_support import ledger_rows
+from tests.support import assert_eventually, unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pool(mesh_settings: MeshSettings) -> Iterator[ConnectionPool]:
+    db = open_pool(mesh_settings)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def publisher(mesh_settings: MeshSettings) -> Iterator[Publisher]:
+    pub = Publisher(settings=mesh_settings, codec=Codec(), client_id="test-ledger")
+    yield pub
+    pub.close()
+
+
+def consume(
+    settings: MeshSettings,
+    publisher: Publisher,
+    sink: LedgerSink,
+    done: Any,
+    roles: tuple[str, ...] = ("goals",),
+) -> None:
+    runtime = ConsumerRuntime(
+        settings=settings,
+        codec=Codec(),
+        publisher=publisher,
+        group_id=unique("g-"),
+        roles=roles,
+        sink=sink,
+        client_id="test-ledger",
+    )
+    try:
+        assert_eventually(lambda: runtime.poll_batch(0.2) >= 0 and done(), timeout=30)
+    finally:
+        runtime.close()
+
+
+def test_a_redelivered_event_changes_nothing_the_second_time(
+    mesh_settings: MeshSettings, pool: ConnectionPool, publisher: Publisher
+) -> None:
+    calls: list[str] = []
+
+    def handle(event: ev.GoalCancelled, delivery: Delivery, conn: Connection) -> list[ev.Event]:
+        calls.append(event.event_id)
+        return [
+            ev.GoalFailed(envelope=ev.Envelope(goal_id=event.goal_id), category="x", message="y")
+        ]
+
+    sink = LedgerSink(pool=pool, consumer=unique("c-"), handlers={ev.GoalCancelled: handle})
+    cancel = ev.GoalCancelled(envelope=ev.Envelope(goal_id=unique("goal-")))
+    publisher.publish(cancel)
+    publisher.publish(cancel)  # the same event id again, as a redelivery would bring it
+    publisher.flush()
+    consume(mesh_settings, publisher, sink, lambda: len(read_all(mesh_settings, "results")) >= 1)
+    assert calls == [cancel.event_id]
+    results = read_all(mesh_settings, "results")
+    assert len(results) == 1
+    pending = ledger_rows(
+        mesh_settings,
+        "select count(*) from outbox where topic like %s",
+        (f"{mesh_settings.topic_prefix}%",),
+    )
+    assert pending == [(0,)]  # relayed, then deleted
+
+
+def test_the_sweeper_sends_what_a_dead_writer_left_in_the_outbox(
+    mesh_settings: MeshSettings, pool: ConnectionPool, publisher: Publisher
+) -> None:
+    event = ev.GoalFailed(envelope=ev.Envelope(goal_id=unique("goal-")), category="c", message="m")
+    with pool.connection() as conn, conn.transaction():
+        store(conn, [publisher.prepare(event)])  # committed, never relayed
+    assert read_all(mesh_settings, "results") == []
+    assert_eventually(lambda: sweep(pool, publisher, older_than_s=0) >= 1 or None, timeout=10)
+    (record,) = read_all(mesh_settings, "results")
+    assert Codec().decode(record.value()) == event
+    assert sweep(pool, publisher, older_than_s=0) == 0
+
+
+def test_a_goal_the_planner_cannot_handle_fails_instead_of_hanging(
+    mesh_settings: MeshSettings, pool: ConnectionPool, publisher: Publisher
+) -> None:
+    planner = Planner(engine=OfflineEngine(), registry=default_registry())
+
+    def broken(event: ev.GoalSubmitted, delivery: Delivery, conn: Connection) -> list[ev.Event]:
+        raise RuntimeError("a bug in the planner")
+
+    sink = LedgerSink(
+        pool=pool,
+        consumer=unique("c-"),
+        handlers={ev.GoalSubmitted: broken},
+        on_refused=planner.on_refused,
+    )
+    goal = ev.GoalSubmitted(envelope=ev.Envelope(goal_id=unique("goal-")), text="anything")
+    publisher.publish(goal)
+    publisher.flush()
+    consume(mesh_settings, publisher, sink, lambda: read_all(mesh_settings, "deadletters"))
+    status = ledger_rows(
+        mesh_settings,
+        "select status, error_category from goals where goal_id = %s",
+        (goal.goal_id,),
+    )
+    assert status == [("failed", "internal_error")]
+    (failed,) = [Codec().decode(m.value()) for m in read_all(mesh_settings, "results")]
+    assert isinstance(failed, ev.GoalFailed) and failed.goal_id == goal.goal_id
+    (letter,) = [Codec().decode(m.value()) for m in read_all(mesh_settings, "deadletters")]
+    assert isinstance(letter, ev.DeadLetter) and letter.category == "handler_error"
