@@ -21,6 +21,7 @@ from agents import events as ev
 from agents.engines.base import Engine, EngineError, Judgement, JudgeRequest
 from agents.runtime.consumer import Delivery
 from agents.runtime.errors import TransientError
+from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry, Tool, UnknownToolError
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,27 @@ class Evaluator:
             ]
         arguments, goal_text = self._context(event)
         problems = _problems(tool, arguments, event) if isinstance(event, ev.TaskCompleted) else []
-        try:
-            judged = self._engine.judge(self._request(event, tool, arguments, goal_text, problems))
-        except EngineError as exc:
-            judgement = Judgement(decision="fail", confidence=0.0, reason=f"{exc.category}: {exc}")
-            return [self._verdict(event, judgement, exc.usage)]
-        return [self._verdict(event, self._policy(event, tool, judged.judgement), judged.usage)]
+        request = self._request(event, tool, arguments, goal_text, problems)
+        with tracer.start_as_current_span("verdict") as span:
+            try:
+                judged = self._engine.judge(request)
+            except EngineError as exc:
+                judgement = Judgement(
+                    decision="fail", confidence=0.0, reason=f"{exc.category}: {exc}"
+                )
+                return [self._verdict(event, judgement, exc.usage)]
+            verdict = self._verdict(
+                event, self._policy(event, tool, judged.judgement), judged.usage
+            )
+            span.set_attributes(
+                {
+                    "mesh.goal_id": event.goal_id,
+                    "mesh.task_id": event.task_id,
+                    "mesh.decision": verdict.decision,
+                    "mesh.confidence": verdict.confidence,
+                }
+            )
+        return [verdict]
 
     def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> tuple[dict[str, Any], str]:
         with self._db.connection() as conn:

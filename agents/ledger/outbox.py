@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from agents.events import Event
 from agents.ledger.db import Connection
-from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span
+from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span, log_fields
 from agents.runtime.crash import crashpoint
 from agents.runtime.errors import Category, PermanentError, TransientError
 from agents.runtime.logs import bind
@@ -105,7 +105,7 @@ class LedgerSink:
         """Handle one event; its outputs are encoded inside its span, so they carry its trace."""
         handler = self._handlers[type(item.event)]
         with (
-            bind(goal_id=item.event.goal_id, event_type=item.event.schema_name),
+            bind(**log_fields(item.event)),
             consumer_span(item),
         ):
             return [publisher.prepare(e) for e in handler(item.event, item.delivery, conn)]

@@ -27,6 +27,7 @@ from agents.planner import ledger as L  # noqa: N812 - the ledger queries read b
 from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
 from agents.runtime.consumer import Delivery
+from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry
 
 AGENT = "planner"
@@ -75,7 +76,11 @@ class Planner:
         goal = L.lock_goal(conn, event.goal_id)
         assert goal is not None
         try:
-            planned = self._engine.plan(self._plan_request(event))
+            with tracer.start_as_current_span("plan") as span:
+                span.set_attributes(
+                    {"mesh.goal_id": goal.goal_id, "mesh.engine": self._engine.name}
+                )
+                planned = self._engine.plan(self._plan_request(event))
         except EngineError as exc:
             L.add_usage(conn, goal.goal_id, "plan", exc.usage)
             return self._fail(conn, goal, event, exc.category, str(exc))
@@ -174,6 +179,7 @@ class Planner:
                 return self._fail(conn, goal, cause, *problem)
             arguments = resolve_arguments(task.arguments, results)
             attempt = L.dispatch(conn, goal.goal_id, task, arguments, feedback)
+            _dispatch_span(goal.goal_id, task, attempt)
             goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
             out.append(self._assignment(goal, task, attempt, arguments, cause, feedback))
         return out
@@ -259,3 +265,15 @@ def _traceparent(delivery: Delivery) -> str | None:
         if key == "traceparent" and value is not None:
             return value.decode("latin-1")
     return None
+
+
+def _dispatch_span(goal_id: str, task: TaskRow, attempt: int) -> None:
+    """A span marking the decision to dispatch (the send itself has its own)."""
+    attributes: dict[str, str | int] = {
+        "mesh.goal_id": goal_id,
+        "mesh.task_id": task.task_id,
+        "mesh.tool": task.tool,
+        "mesh.attempt": attempt,
+    }
+    with tracer.start_as_current_span(f"dispatch {task.step_id}", attributes=attributes):
+        pass

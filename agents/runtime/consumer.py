@@ -269,7 +269,7 @@ class HandlerSink:
         return [d for d in done if d is not None]
 
     def _finish(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:
-        with bind(goal_id=item.event.goal_id, event_type=item.event.schema_name):
+        with bind(**log_fields(item.event)):
             return self._dispatch(item, runtime)
 
     def _dispatch(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:
@@ -319,3 +319,12 @@ def consumer_span(item: Item) -> Iterator[None]:
             }
         )
         yield
+
+
+def log_fields(event: Event) -> dict[str, str]:
+    """The ids stamped on every log line written while ``event`` is handled."""
+    fields = {"goal_id": event.goal_id, "event_type": event.schema_name}
+    task_id = getattr(event, "task_id", None)
+    if task_id:
+        fields["task_id"] = str(task_id)
+    return fields

@@ -57,3 +57,12 @@ class MeshSettings(BaseSettings):
     sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
     lease_ttl_s: float = Field(10.0, gt=0)
     worker_concurrency: int = Field(8, ge=1)
+    worker_scopes: str | None = Field(
+        None, description="comma-separated credential scopes workers hold; unset: all"
+    )
+
+    def scopes(self) -> frozenset[str] | None:
+        """The scopes a worker may use, or None for no restriction."""
+        if self.worker_scopes is None:
+            return None
+        return frozenset(s.strip() for s in self.worker_scopes.split(",") if s.strip())

@@ -27,6 +27,7 @@ from agents import events as ev
 from agents.runtime.consumer import Delivery
 from agents.runtime.crash import crashpoint
 from agents.runtime.shortlived import Lease, Leases, RateLimiter
+from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,12 @@ AGENT = "worker"
 class ToolTimeoutError(ToolError):
     category = "timeout"
     retryable = True
+
+
+class ForbiddenToolError(ToolError):
+    """The tool needs a credential scope this worker was not given."""
+
+    category = "forbidden"
 
 
 class Worker:
@@ -50,8 +57,10 @@ class Worker:
         limiter: RateLimiter,
         worker_id: str,
         pools: Collection[str] = (),
+        scopes: Collection[str] | None = None,
         max_parallel_tools: int = 16,
     ) -> None:
+        self._scopes = None if scopes is None else frozenset(scopes)
         self._registry = registry
         self._resources = resources
         self._leases = leases
@@ -82,12 +91,21 @@ class Worker:
 
     def _call(self, event: ev.TaskAssigned) -> BaseModel:
         tool = self._registry.get(event.tool)
+        missing = set(tool.scope) - self._scopes if self._scopes is not None else set()
+        if missing:
+            raise ForbiddenToolError(f"{tool.name} needs scope(s) {sorted(missing)}")
         args = tool.parse_args(event.arguments)
         if tool.rate_limit_per_s is not None:
             self._limiter.wait_turn(tool.name, tool.rate_limit_per_s)
         future = self._calls.submit(tool.run, args, self._context(event))
+        attributes: dict[str, str | int] = {
+            "mesh.goal_id": event.goal_id,
+            "mesh.task_id": event.task_id,
+            "mesh.attempt": event.attempt,
+        }
         try:
-            result = future.result(timeout=event.timeout_s or tool.timeout_s)
+            with tracer.start_as_current_span(f"tool {tool.name}", attributes=attributes):
+                result = future.result(timeout=event.timeout_s or tool.timeout_s)
         except FutureTimeout as exc:
             raise ToolTimeoutError(
                 f"{tool.name} did not finish within {event.timeout_s:g}s"

@@ -26,6 +26,7 @@ def run(
         limiter=RateLimiter(app.redis, prefix=settings.topic_prefix),
         worker_id=app.client_id,
         pools=pools,
+        scopes=settings.scopes(),
         max_parallel_tools=parallel * 2,
     )
     leases.start_heartbeat()

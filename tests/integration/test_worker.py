@@ -1,0 +1,133 @@
+"""The worker's validation layer against real Redis and Postgres: bad calls become categorised
+failures, never crashes; timeouts, scopes and rate limits are enforced."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from psycopg_pool import ConnectionPool
+
+from agents import events as ev
+from agents.ledger.db import open_pool
+from agents.runtime.consumer import Delivery
+from agents.runtime.settings import MeshSettings
+from agents.runtime.shortlived import Leases, RateLimiter
+from agents.tools.base import Registry, ToolResources
+from agents.tools.catalogue import default_registry
+from agents.worker.agent import Worker
+from tests.support import unique
+
+pytestmark = pytest.mark.integration
+DELIVERY = Delivery("t", 0, 0, None, (), 0, None)
+
+
+@pytest.fixture
+def pool(mesh_settings: MeshSettings) -> Iterator[ConnectionPool]:
+    db = open_pool(mesh_settings)
+    yield db
+    db.close()
+
+
+def worker(
+    settings: MeshSettings,
+    pool: ConnectionPool,
+    tmp: Path,
+    registry: Registry | None = None,
+    **kw: Any,
+) -> Worker:
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    return Worker(
+        registry=registry or default_registry(),
+        resources=ToolResources(db=pool, sandbox_dir=tmp),
+        leases=Leases(client, prefix=settings.topic_prefix),
+        limiter=RateLimiter(client, prefix=settings.topic_prefix),
+        worker_id="w-test",
+        **kw,
+    )
+
+
+def assign(tool: str, arguments: dict[str, Any], timeout_s: float = 5.0) -> ev.TaskAssigned:
+    goal = unique("goal-")
+    return ev.TaskAssigned(
+        envelope=ev.Envelope(goal_id=goal),
+        task_id=f"{goal}.1.s",
+        plan_version=1,
+        step_id="s",
+        tool=tool,
+        arguments=arguments,
+        idempotency_key=f"{goal}:s",
+        timeout_s=timeout_s,
+    )
+
+
+def outcome(w: Worker, event: ev.TaskAssigned) -> ev.Event:
+    (out,) = w.on_assigned(event, DELIVERY)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "category"),
+    [
+        ("teleport", {}, "unknown_tool"),
+        ("pause", {"seconds": "soon"}, "invalid_arguments"),
+        ("pause", {}, "invalid_arguments"),
+        ("echo", {"value": 1, "extra": True}, None),  # extra arguments are the tool's to refuse
+    ],
+)
+def test_bad_calls_are_categorised_failures(
+    mesh_settings: MeshSettings,
+    pool: ConnectionPool,
+    tmp_path: Path,
+    tool: str,
+    arguments: dict[str, Any],
+    category: str | None,
+) -> None:
+    result = outcome(worker(mesh_settings, pool, tmp_path), assign(tool, arguments))
+    if category is None:
+        assert isinstance(result, ev.TaskCompleted)
+    else:
+        assert isinstance(result, ev.TaskFailed)
+        assert result.category == category and not result.retryable
+
+
+def test_a_tool_over_its_timeout_fails_as_retryable_timeout(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    result = outcome(
+        worker(mesh_settings, pool, tmp_path), assign("pause", {"seconds": 2}, timeout_s=0.2)
+    )
+    assert isinstance(result, ev.TaskFailed)
+    assert (result.category, result.retryable) == ("timeout", True)
+
+
+def test_tools_outside_the_workers_scopes_are_forbidden(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    w = worker(mesh_settings, pool, tmp_path, scopes={"orgs:write"})
+    args = {"org_id": "org_x", "plan": "pro", "seats": 1}
+    result = outcome(w, assign("configure_billing", args))
+    assert isinstance(result, ev.TaskFailed) and result.category == "forbidden"
+
+
+def test_tasks_of_other_pools_are_left_alone(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    w = worker(mesh_settings, pool, tmp_path, pools={"billing"})
+    assert w.on_assigned(assign("echo", {"value": 1}), DELIVERY) == []
+
+
+def test_the_rate_limit_spreads_calls_over_seconds(mesh_settings: MeshSettings) -> None:
+    limiter = RateLimiter(
+        redis.Redis.from_url(mesh_settings.redis_url.get_secret_value()), prefix=unique("rl.")
+    )
+    seconds = []
+    for _ in range(4):
+        limiter.wait_turn("tool", 2)
+        seconds.append(int(time.time()))
+    assert max(seconds.count(s) for s in seconds) <= 2
+    assert len(set(seconds)) >= 2
