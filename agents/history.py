@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from agents import events as ev
 from agents.runtime.errors import PoisonRecord
-from agents.runtime.kafka import client_config
+from agents.runtime.kafka import client_config, watermarks
 from agents.runtime.settings import MeshSettings
 from schemas.codec import Codec
 from topics.catalogue import ESCALATIONS, GOALS, RESULTS, TASKS, TopicSpec
@@ -49,7 +49,7 @@ def _read(
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     ends = {}
     for p in meta.partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        low, high = watermarks(consumer, topic, p)
         if high > low:
             ends[p] = (low, high)
     consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])

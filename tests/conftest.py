@@ -11,6 +11,7 @@ import pytest
 from agents.runtime.errors import ConfigError
 from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
+from tests.mesh_support import wait_for_group_coordinator
 from tests.support import unique
 from topics.admin import ensure
 
@@ -48,6 +49,7 @@ def stack_settings() -> Iterator[MeshSettings]:
         check_all(settings)
     except ConfigError as exc:
         pytest.fail(f"the stack is not reachable: {exc}")
+    wait_for_group_coordinator(settings)
     yield settings
     if started:
         stack.down(config, only=started)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from agents.runtime.kafka import client_config
+from agents.runtime.kafka import client_config, watermarks
 from agents.runtime.settings import MeshSettings
 from topics.catalogue import spec_for
 
@@ -34,10 +34,7 @@ def read_all(settings: MeshSettings, role: str, *, timeout: float = 30.0) -> lis
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            for p in partitions
-        }
+        ends = {p: watermarks(consumer, topic, p) for p in partitions}
         wanted = {p: hi for p, (lo, hi) in ends.items() if hi > lo}
         consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in wanted])
         return _drain(consumer, wanted, timeout)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import ConsumerGroupState
+from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.fleet import Fleet
@@ -41,7 +41,12 @@ def wait_groups(settings: MeshSettings, members: dict[str, int], timeout: float 
         names = [f"{settings.topic_prefix}{suffix}" for suffix in members]
         futures = admin.describe_consumer_groups(names, request_timeout=5)
         for suffix, want in members.items():
-            group = futures[f"{settings.topic_prefix}{suffix}"].result()
+            try:
+                group = futures[f"{settings.topic_prefix}{suffix}"].result()
+            except KafkaException as exc:
+                if _coordinator_busy(exc):
+                    return False
+                raise
             if group.state != ConsumerGroupState.STABLE or len(group.members) != want:
                 return False
         return True
@@ -79,3 +84,34 @@ def ledger_rows(
 def steps_input(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """Goal input for the offline engine's explicit-steps playbook."""
     return {"playbook": "steps", "steps": list(steps), **extra}
+
+
+_COORDINATOR_STARTING = {
+    "NOT_COORDINATOR",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "COORDINATOR_NOT_AVAILABLE",
+}
+
+
+def _coordinator_busy(exc: KafkaException) -> bool:
+    """A fresh broker answers group requests with these until its offsets topic is ready."""
+    error = exc.args[0]
+    return bool(error.retriable()) or error.name() in _COORDINATOR_STARTING
+
+
+def wait_for_group_coordinator(settings: MeshSettings, timeout: float = 60.0) -> None:
+    """Return once the broker answers consumer-group requests (it creates its offsets topic on
+    the first one, which takes a moment on a fresh broker)."""
+    admin = AdminClient(client_config(settings, client_id="test-warmup"))
+
+    def answers() -> bool:
+        future = admin.describe_consumer_groups(["mesh-warmup"], request_timeout=5)["mesh-warmup"]
+        try:
+            future.result()
+        except KafkaException as exc:
+            if _coordinator_busy(exc):
+                return False
+            raise
+        return True
+
+    assert_eventually(answers, timeout=timeout, interval=0.2, what="the group coordinator")

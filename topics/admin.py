@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
-from agents.runtime.kafka import check_kafka, client_config
+from agents.runtime.kafka import check_kafka, client_config, watermarks
 from agents.runtime.settings import MeshSettings
 from topics.catalogue import CATALOGUE, TopicSpec
 
@@ -61,6 +63,25 @@ def _create(admin: AdminClient, settings: MeshSettings, specs: list[TopicSpec]) 
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent ensure won the race
                 raise RuntimeError(f"could not create topic {name}: {exc.args[0].str()}") from exc
+    _wait_for_leaders(admin, list(futures), timeout=30)
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], *, timeout: float) -> None:
+    """Return once every partition of ``names`` has a leader: a topic is usable only then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=5).topics
+        if all(_led(topics.get(name)) for name in names):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {names} still have partitions without a leader")
+        time.sleep(0.1)
+
+
+def _led(topic: Any) -> bool:
+    if topic is None or topic.error is not None or not topic.partitions:
+        return False
+    return all(p.leader >= 0 and p.error is None for p in topic.partitions.values())
 
 
 def _drift(
@@ -107,8 +128,5 @@ def listing(settings: MeshSettings, specs: tuple[TopicSpec, ...] = CATALOGUE) ->
 
 
 def _listing(consumer: Consumer, name: str, partitions: int) -> TopicListing:
-    ends = tuple(
-        consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
-        for p in range(partitions)
-    )
+    ends = tuple(watermarks(consumer, name, p)[1] for p in range(partitions))
     return TopicListing(name, partitions, ends)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.errors import ConfigError
@@ -81,3 +82,26 @@ def check_kafka(settings: MeshSettings) -> AdminClient:
             "reachable broker, or run `make up` to start the local stack."
         ) from exc
     return admin
+
+
+_LEADER_SETTLING = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART"}
+
+
+def watermarks(
+    consumer: Consumer, topic: str, partition: int, timeout: float = 10.0
+) -> tuple[int, int]:
+    """(low, high) offsets of a partition, waiting out a leader that is still being elected
+    (a topic created a moment ago answers NOT_LEADER_FOR_PARTITION for a short while)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            settling = error.retriable() or error.name() in _LEADER_SETTLING
+            if not settling or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
