@@ -42,17 +42,22 @@ class AgentProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM), once: a second signal would cut its clean shutdown short."""
+        if self.alive() and self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 15.0, *, signalled: bool = False) -> int | None:
         """SIGTERM, then SIGKILL if it does not leave in time; returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if not signalled:
+            self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self._close_log()
         return self.proc.returncode
 
@@ -89,11 +94,10 @@ class Fleet:
 
     def stop(self) -> None:
         for member in self.members:
-            if member.alive() and member.proc is not None:
-                member.proc.send_signal(signal.SIGTERM)
+            member.terminate()
         deadline = time.monotonic() + 15
         for member in self.members:
-            member.stop(timeout=max(0.1, deadline - time.monotonic()))
+            member.stop(timeout=max(0.1, deadline - time.monotonic()), signalled=True)
 
     def __enter__(self) -> Fleet:
         return self.start()

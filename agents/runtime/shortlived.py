@@ -1,8 +1,9 @@
-"""Short-lived state in Redis: task leases with heartbeats, and per-tool rate limits.
+"""Short-lived state in Redis: task leases with heartbeats, per-tool rate limits, and replay keys.
 
-Nothing here is needed for correctness. If Redis is flushed, running workers put their leases
-back at the next heartbeat, rate-limit windows start afresh, and a task whose lease vanished
-together with its worker is still re-delivered by Kafka to another worker.
+Nothing here is needed for correctness. If Redis is flushed, running workers put their leases back
+at the next heartbeat, rate-limit windows start afresh, replayed attempts are simply run again
+(idempotently), and a task whose lease vanished together with its worker is still re-delivered by
+Kafka to another worker.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import time
 from dataclasses import dataclass
 
 import redis
+
+from agents.events import Event
+from agents.runtime.errors import PoisonRecord
+from schemas.codec import Codec
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +111,45 @@ class RateLimiter:
             if int(pipe.execute()[0]) <= limit:
                 return
             time.sleep(max(second + 1 - time.time(), 0.001))  # the next window
+
+
+class ReplayCache:
+    """De-duplication keys with a TTL: the event a task attempt already produced, by attempt.
+
+    A worker (or evaluator) that is handed the same attempt again, because its previous owner
+    died before storing the offset, sends the stored event again, with its original event id,
+    instead of repeating the work; downstream inboxes then drop the repeat. Losing the cache only
+    means the work is repeated, which idempotency keys make harmless.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str, codec: Codec, ttl_s: int = 24 * 3600
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._codec = codec
+        self._ttl = ttl_s
+
+    def _key(self, kind: str, task_id: str, attempt: int) -> str:
+        return f"{self._prefix}{kind}:{task_id}:{attempt}"
+
+    def recall(self, kind: str, task_id: str, attempt: int) -> Event | None:
+        try:
+            data = self._redis.get(self._key(kind, task_id, attempt))
+        except redis.RedisError as exc:
+            log.warning("replay cache unavailable: %s", exc)
+            return None
+        if not isinstance(data, bytes):
+            return None
+        try:
+            return self._codec.decode(data)
+        except PoisonRecord:
+            return None  # written by a version that is gone: do the work again
+
+    def remember(self, kind: str, task_id: str, attempt: int, event: Event) -> None:
+        try:
+            self._redis.set(
+                self._key(kind, task_id, attempt), self._codec.encode(event), ex=self._ttl
+            )
+        except redis.RedisError as exc:
+            log.warning("replay cache unavailable: %s", exc)

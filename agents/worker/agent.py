@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from agents import events as ev
 from agents.runtime.consumer import Delivery
 from agents.runtime.crash import crashpoint
-from agents.runtime.shortlived import Lease, Leases, RateLimiter
+from agents.runtime.shortlived import Lease, Leases, RateLimiter, ReplayCache
 from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
 
@@ -55,6 +55,7 @@ class Worker:
         resources: ToolResources,
         leases: Leases,
         limiter: RateLimiter,
+        replay: ReplayCache,
         worker_id: str,
         pools: Collection[str] = (),
         scopes: Collection[str] | None = None,
@@ -65,6 +66,7 @@ class Worker:
         self._resources = resources
         self._leases = leases
         self._limiter = limiter
+        self._replay = replay
         self._worker_id = worker_id
         self._pools = frozenset(pools)
         # Tool calls run here so a timeout can be enforced; a call that overstays is reported
@@ -77,6 +79,14 @@ class Worker:
     def on_assigned(self, event: ev.TaskAssigned, delivery: Delivery) -> list[ev.Event]:
         if not self.serves(event.pool):
             return []  # another pool's task
+        done = self._replay.recall("outcome", event.task_id, event.attempt)
+        if done is not None:
+            return [done]  # this attempt already ran: send the same outcome again
+        outcome = self._run(event)
+        self._replay.remember("outcome", event.task_id, event.attempt, outcome)
+        return [outcome]
+
+    def _run(self, event: ev.TaskAssigned) -> ev.TaskCompleted | ev.TaskFailed:
         lease = Lease(event.task_id, event.attempt, event.goal_id, event.step_id, event.tool)
         started = datetime.now(UTC)
         self._leases.acquire(lease)
@@ -84,10 +94,10 @@ class Worker:
             result = self._call(event)
             crashpoint("worker.after_effect")
         except ToolError as exc:
-            return [self._failed(event, started, exc)]
+            return self._failed(event, started, exc)
         finally:
             self._leases.release(lease)
-        return [self._completed(event, started, result)]
+        return self._completed(event, started, result)
 
     def _call(self, event: ev.TaskAssigned) -> BaseModel:
         tool = self._registry.get(event.tool)

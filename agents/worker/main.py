@@ -8,7 +8,7 @@ from agents import events as ev
 from agents.runtime.app import AgentApp
 from agents.runtime.consumer import HandlerSink
 from agents.runtime.settings import MeshSettings
-from agents.runtime.shortlived import Leases, RateLimiter
+from agents.runtime.shortlived import Leases, RateLimiter, ReplayCache
 from agents.tools.catalogue import default_registry
 from agents.worker.agent import Worker
 
@@ -24,6 +24,7 @@ def run(
         resources=app.tool_resources(),
         leases=leases,
         limiter=RateLimiter(app.redis, prefix=settings.topic_prefix),
+        replay=ReplayCache(app.redis, prefix=settings.topic_prefix, codec=app.codec),
         worker_id=app.client_id,
         pools=pools,
         scopes=settings.scopes(),

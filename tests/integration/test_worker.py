@@ -16,10 +16,11 @@ from agents import events as ev
 from agents.ledger.db import open_pool
 from agents.runtime.consumer import Delivery
 from agents.runtime.settings import MeshSettings
-from agents.runtime.shortlived import Leases, RateLimiter
+from agents.runtime.shortlived import Leases, RateLimiter, ReplayCache
 from agents.tools.base import Registry, ToolResources
 from agents.tools.catalogue import default_registry
 from agents.worker.agent import Worker
+from schemas.codec import Codec
 from tests.support import unique
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ def worker(
         resources=ToolResources(db=pool, sandbox_dir=tmp),
         leases=Leases(client, prefix=settings.topic_prefix),
         limiter=RateLimiter(client, prefix=settings.topic_prefix),
+        replay=ReplayCache(client, prefix=settings.topic_prefix, codec=Codec()),
         worker_id="w-test",
         **kw,
     )
@@ -131,3 +133,17 @@ def test_the_rate_limit_spreads_calls_over_seconds(mesh_settings: MeshSettings) 
         seconds.append(int(time.time()))
     assert max(seconds.count(s) for s in seconds) <= 2
     assert len(set(seconds)) >= 2
+
+
+def test_a_repeated_assignment_sends_the_same_outcome_without_rerunning(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    w = worker(mesh_settings, pool, tmp_path)
+    task = assign("pause", {"seconds": 0.05})
+    first, again = outcome(w, task), outcome(w, task)
+    assert isinstance(first, ev.TaskCompleted)
+    assert again == first  # same event id: downstream inboxes drop it
+    redis.Redis.from_url(mesh_settings.redis_url.get_secret_value()).flushdb()
+    rerun = outcome(w, task)  # the cache is gone: the (idempotent) work runs again
+    assert isinstance(rerun, ev.TaskCompleted) and rerun.event_id != first.event_id
+    assert rerun.result["started_at"] > first.result["started_at"]
