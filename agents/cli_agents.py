@@ -164,6 +164,28 @@ def add_commands(sub: Any) -> None:
     ca.add_argument("--reason", default="")
     ca.set_defaults(func=cancel)
 
+    esc = sub.add_parser("escalations", help="open questions to humans")
+    esc.add_argument("--goal")
+    esc.add_argument("--all", action="store_true", help="answered ones too")
+    esc.add_argument("--json", action="store_true")
+    esc.set_defaults(func=escalations)
+
+    res = sub.add_parser("resolve", help="answer an escalation")
+    res.add_argument("escalation_id")
+    how = res.add_mutually_exclusive_group(required=True)
+    how.add_argument("--approve", dest="action", action="store_const", const="approve")
+    how.add_argument("--retry", dest="action", action="store_const", const="retry")
+    how.add_argument("--abort", dest="action", action="store_const", const="abort")
+    how.add_argument(
+        "--set",
+        dest="values",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="new arguments (JSON values or text), then retry",
+    )
+    res.add_argument("--by", default="cli")
+    res.set_defaults(func=resolve)
+
     hist = sub.add_parser("history", help="a goal's events, read back from Kafka alone")
     hist.add_argument("goal_id")
     hist.add_argument("--json", action="store_true")
@@ -200,3 +222,47 @@ def history(args: argparse.Namespace, settings: MeshSettings) -> int:
         else:
             print(describe(event))
     return 0 if events else 1
+
+
+def escalations(args: argparse.Namespace, settings: MeshSettings) -> int:
+    with MeshClient(settings) as client:
+        found = client.escalations(goal_id=args.goal, open_only=not args.all)
+    if args.json:
+        print(json.dumps([e.as_json() for e in found], default=str))
+        return 0
+    if not found:
+        print("no open escalations")
+    for e in found:
+        print(f"{e.escalation_id}  goal {e.goal_id}  step {e.step_id}  [{e.status}]")
+        print(f"    {e.reason}")
+        print(
+            f"    answer with: mesh resolve {e.escalation_id} --approve | --retry | --abort | "
+            f"--set key=value   (default on expiry {e.expires_at:%H:%M:%S}: {e.default_action})"
+        )
+    return 0
+
+
+def _parse_values(pairs: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"mesh resolve: --set takes KEY=VALUE, not {pair!r}")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def resolve(args: argparse.Namespace, settings: MeshSettings) -> int:
+    action = "set" if args.values else args.action
+    values = _parse_values(args.values) if args.values else {}
+    with MeshClient(settings) as client:
+        try:
+            client.resolve(args.escalation_id, action, values=values, resolved_by=args.by)
+        except LookupError as exc:
+            print(f"mesh resolve: {exc}", file=sys.stderr)
+            return 1
+    print(f"{action} sent for escalation {args.escalation_id}")
+    return 0

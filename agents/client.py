@@ -126,6 +126,47 @@ class MeshClient:
         self._publisher.publish(event)
         self._publisher.flush()
 
+    def escalations(
+        self, *, goal_id: str | None = None, open_only: bool = True
+    ) -> list[Escalation]:
+        """Questions the mesh asked humans (open ones by default), oldest first."""
+        url = self._settings.database_url.get_secret_value()
+        with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
+            rows = conn.execute(
+                "select e.escalation_id, e.goal_id, t.step_id, e.reason, e.evidence, e.options, "
+                "e.status, e.default_action, e.expires_at, e.created_at, e.action "
+                "from escalations e left join tasks t using (task_id) "
+                "where (%s::text is null or e.goal_id = %s) "
+                "and (not %s or e.status = 'open') order by e.created_at",
+                (goal_id, goal_id, open_only),
+            ).fetchall()
+        return [Escalation(**r) for r in rows]
+
+    def resolve(
+        self,
+        escalation_id: str,
+        action: str,
+        *,
+        values: dict[str, Any] | None = None,
+        resolved_by: str = "sdk",
+    ) -> None:
+        """Answer an escalation: approve, retry, abort, or set (new arguments, then retry)."""
+        if action not in ("approve", "retry", "abort", "set"):
+            raise ValueError(f"unknown action {action!r}: approve, retry, abort or set")
+        found = [e for e in self.escalations(open_only=False) if e.escalation_id == escalation_id]
+        if not found:
+            raise LookupError(f"no escalation {escalation_id}")
+        goal_id = found[0].goal_id
+        event = ev.EscalationResolved(
+            envelope=ev.Envelope(goal_id=goal_id, producer_agent="human", correlation_id=goal_id),
+            escalation_id=escalation_id,
+            action=action,
+            values=values or {},
+            resolved_by=resolved_by,
+        )
+        self._publisher.publish(event)
+        self._publisher.flush()
+
     def status(self, goal_id: str) -> GoalStatus:
         url = self._settings.database_url.get_secret_value()
         with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
@@ -133,6 +174,24 @@ class MeshClient:
 
     def close(self) -> None:
         self._publisher.close()
+
+
+@dataclass(frozen=True)
+class Escalation:
+    escalation_id: str
+    goal_id: str
+    step_id: str | None
+    reason: str
+    evidence: dict[str, Any]
+    options: list[str]
+    status: str
+    default_action: str
+    expires_at: datetime | None
+    created_at: datetime
+    action: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,10 @@ class GoalSubmitted(Event):
     deadline_at: datetime | None = Field(None, description="the goal fails if not done by then")
     confidence_threshold: float = Field(0.0, description="verdicts below it escalate")
     submitted_by: str = "anonymous"
+    max_replans: int = Field(2, description="most new plan versions the goal may use")
+    compensation_policy: str = Field(
+        "all", description="on failure undo: all (every completed step) | dependents | none"
+    )
 
 
 class GoalCancelled(Event):

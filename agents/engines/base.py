@@ -76,6 +76,7 @@ class JudgeRequest:
     outcome: Literal["completed", "failed"]
     result: Mapping[str, Any]  # the result, or the failure's category/message/details
     problems: Sequence[str]  # what the runtime's own checks found
+    goal_input: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -145,11 +145,13 @@ def onboarding_plan(data: Mapping[str, Any]) -> PlanDraft:
 # --- explicit steps ----------------------------------------------------------------------------
 
 
-def explicit_plan(data: Mapping[str, Any]) -> PlanDraft:
-    """The plan written out in the goal input's ``steps``."""
+def explicit_plan(data: Mapping[str, Any], *, replanning: bool = False) -> PlanDraft:
+    """The plan written out in the goal input's ``steps`` (``fallback_steps`` when re-planning,
+    if the input has them: the way a goal states its alternative route)."""
+    key = "fallback_steps" if replanning and "fallback_steps" in data else "steps"
     try:
         return PlanDraft.model_validate(
-            {"steps": data.get("steps"), "rationale": "the steps given in the goal input"}
+            {"steps": data.get(key), "rationale": f"the {key} given in the goal input"}
         )
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
@@ -178,7 +180,10 @@ class OfflineEngine:
 
     def plan(self, request: PlanRequest) -> Planned:
         playbook = self._choose(request)
-        draft = playbook.build(request.input)
+        if playbook.build is explicit_plan:
+            draft = explicit_plan(request.input, replanning=bool(request.context))
+        else:
+            draft = playbook.build(request.input)
         try:
             request.validate(draft)
         except PlanInvalid as exc:
@@ -204,11 +209,26 @@ class OfflineEngine:
 
 
 def judgement_for(request: JudgeRequest) -> Judgement:
-    """Accept clean results, retry flawed ones, and follow the failure's own retryability."""
+    """Accept clean results, retry flawed ones, and follow the failure's own retryability.
+
+    Two ``simulate`` switches of the goal input act on the judgement of a tool's outcome:
+    ``confidence: X`` (the confidence of an accept) and ``replan: true`` (a failure that
+    retrying will not fix asks for a new plan instead of failing the goal).
+    """
+    switches = _switches(request)
     if request.outcome == "completed":
-        return _judge_completed(request.problems)
+        judged = _judge_completed(request.problems)
+        if judged.decision == "accept" and "confidence" in switches:
+            return judged.model_copy(update={"confidence": float(switches["confidence"])})
+        return judged
     category = request.result.get("category", "unknown")
     message = request.result.get("message", "")
+    if request.result.get("retryable") is not True and switches.get("replan") is True:
+        return Judgement(
+            decision="replan",
+            confidence=1.0,
+            reason=f"{category}: {message}; another way is needed",
+        )
     if request.result.get("retryable") is True:
         return Judgement(
             decision="retry", confidence=1.0, reason=f"a retryable failure ({category}): {message}"
@@ -233,3 +253,10 @@ def _judge_completed(problems: Sequence[str]) -> Judgement:
         reason=f"the result failed its checks: {listed}",
         feedback=f"the previous result had these problems: {listed}",
     )
+
+
+def _switches(request: JudgeRequest) -> Mapping[str, Any]:
+    simulate = request.goal_input.get("simulate", {})
+    tool = str(request.tool.get("name", ""))
+    found = simulate.get(tool, {}) if isinstance(simulate, Mapping) else {}
+    return found if isinstance(found, Mapping) else {}

@@ -12,6 +12,7 @@ It reads the ledger (arguments and goal) and writes nothing there: the planner r
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -26,6 +27,29 @@ from agents.tools.base import Registry, Tool, UnknownToolError
 
 log = logging.getLogger(__name__)
 AGENT = "evaluator"
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the ledger says about the attempt being judged."""
+
+    arguments: dict[str, Any]
+    goal_text: str
+    goal_input: dict[str, Any]
+    threshold: float
+
+
+def _confident_enough(judgement: Judgement, threshold: float) -> Judgement:
+    """An accept below the confidence threshold (the goal's or the tool's) goes to a human."""
+    if judgement.decision != "accept" or judgement.confidence >= threshold:
+        return judgement
+    return judgement.model_copy(
+        update={
+            "decision": "escalate",
+            "reason": f"confidence {judgement.confidence:.2f} is below the threshold "
+            f"{threshold:.2f}: {judgement.reason}",
+        }
+    )
 
 
 class Evaluator:
@@ -45,9 +69,10 @@ class Evaluator:
             return [
                 self._verdict(event, Judgement(decision="fail", confidence=1.0, reason=str(exc)))
             ]
-        arguments, goal_text = self._context(event)
+        context = self._context(event)
+        arguments = context.arguments
         problems = _problems(tool, arguments, event) if isinstance(event, ev.TaskCompleted) else []
-        request = self._request(event, tool, arguments, goal_text, problems)
+        request = self._request(event, tool, context, problems)
         with tracer.start_as_current_span("verdict") as span:
             try:
                 judged = self._engine.judge(request)
@@ -56,9 +81,11 @@ class Evaluator:
                     decision="fail", confidence=0.0, reason=f"{exc.category}: {exc}"
                 )
                 return [self._verdict(event, judgement, exc.usage)]
-            verdict = self._verdict(
-                event, self._policy(event, tool, judged.judgement), judged.usage
+            judgement = _confident_enough(
+                self._policy(event, tool, judged.judgement),
+                max(context.threshold, tool.confidence_threshold),
             )
+            verdict = self._verdict(event, judgement, judged.usage)
             span.set_attributes(
                 {
                     "mesh.goal_id": event.goal_id,
@@ -69,23 +96,23 @@ class Evaluator:
             )
         return [verdict]
 
-    def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> tuple[dict[str, Any], str]:
+    def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> _Context:
         with self._db.connection() as conn:
             row = conn.execute(
-                "select a.arguments, g.text from attempts a join goals g on g.goal_id = %s "
+                "select a.arguments, g.text, g.input, g.confidence_threshold from attempts a "
+                "join goals g on g.goal_id = %s "
                 "where a.task_id = %s and a.attempt = %s",
                 (event.goal_id, event.task_id, event.attempt),
             ).fetchone()
         if row is None:  # the planner commits before it dispatches, so this is a lagging replica
             raise TransientError(f"no ledger record of {event.task_id} attempt {event.attempt}")
-        return dict(row[0]), str(row[1])
+        return _Context(dict(row[0]), str(row[1]), dict(row[2]), float(row[3]))
 
     def _request(
         self,
         event: ev.TaskCompleted | ev.TaskFailed,
         tool: Tool[Any, Any],
-        arguments: dict[str, Any],
-        goal_text: str,
+        context: _Context,
         problems: list[str],
     ) -> JudgeRequest:
         if isinstance(event, ev.TaskCompleted):
@@ -100,13 +127,14 @@ class Evaluator:
             }
         return JudgeRequest(
             goal_id=event.goal_id,
-            goal_text=goal_text,
+            goal_text=context.goal_text,
             step_id=event.step_id,
             tool=tool.spec(),
-            arguments=arguments,
+            arguments=context.arguments,
             outcome=outcome,  # type: ignore[arg-type]
             result=result,
             problems=problems,
+            goal_input=context.goal_input,
         )
 
     def _policy(

@@ -1,28 +1,42 @@
 """The planner agent.
 
-Consumes: ``goals`` (GoalSubmitted, GoalCancelled) and ``results`` (TaskCompleted, TaskFailed,
-TaskEvaluated). Emits, through the ledger's outbox: TaskAssigned on ``tasks``, GoalCompleted and
-GoalFailed on ``results``. Run it with ``mesh run planner``; any number may run.
+Consumes: ``goals`` (GoalSubmitted, GoalCancelled), ``results`` (TaskCompleted, TaskFailed,
+TaskEvaluated) and ``escalations`` (EscalationResolved); fires its own durable timers. Emits,
+through the ledger's outbox: TaskAssigned on ``tasks``, GoalCompleted and GoalFailed on
+``results``, EscalationRaised on ``escalations``. Run it with ``mesh run planner``; any number may
+run.
 
 For each goal it asks the reasoning engine for a plan, validates it against the tool catalogue,
 stores it as a plan version, and dispatches every task whose dependencies are done, all at once.
-Verdicts advance the plan: accept dispatches what became ready, retry dispatches the next attempt,
-fail ends the goal. Every change is a compare-and-set in the ledger, made in the same transaction
-as the events that announce it.
+The evaluator's verdicts drive the rest, and the runtime enforces every policy:
+
+- accept: dispatch what became ready, or complete the goal;
+- retry: schedule the next attempt on a durable timer, after exponential backoff with jitter;
+  when the attempts run out, escalate to a human (or fail, per the tool's policy); the same
+  failure again and again, or no progress for long, ends the goal early;
+- escalate: the goal waits for a human (``mesh resolve``), or for the escalation's expiry;
+- replan: ask the engine for a new plan version that keeps the completed steps (bounded);
+- fail: end the goal, compensating completed steps in reverse dependency order (saga).
+
+Budgets (steps, tokens, cost, deadline) are checked before every dispatch and engine call.
+Every change is a compare-and-set in the ledger, made in the same transaction as the events that
+announce it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents import events as ev
-from agents.engines.base import Engine, EngineError, PlanDraft, PlanRequest
+from agents.engines.base import Engine, EngineError, PlanDraft, Planned, PlanRequest
 from agents.ledger.db import Connection
 from agents.ledger.outbox import LedgerHandler
-from agents.planner import decide
+from agents.planner import decide, saga
 from agents.planner import ledger as L  # noqa: N812 - the ledger queries read best qualified
 from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
@@ -31,21 +45,39 @@ from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry
 
 AGENT = "planner"
+LIVE = ("planning", "running", "waiting_human", "compensating")
+ESCALATION_OPTIONS = ["approve", "retry", "abort", "set"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Early-termination and escalation settings of the planner."""
+
+    same_failure: int = 5  # the same (category, message) this often ends the goal
+    no_progress: int = 12  # this many verdicts in a row without an accept end the goal
+    escalation_ttl_s: float = 3600.0
+    escalation_default: str = "abort"
 
 
 class Planner:
-    """The planner's decisions, one method per event type."""
+    """The planner's decisions, one method per event type (and one for timers)."""
 
     def __init__(
         self,
         *,
         engine: Engine,
         registry: Registry,
+        limits: Limits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        draw: Callable[[], float] = random.random,
+        on_cancel: Callable[[str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
+        self._limits = limits or Limits()
         self._clock = clock
+        self._draw = draw
+        self._on_cancel = on_cancel
         self._pools = {t.name: t.pool for t in registry}
 
     def handlers(self) -> dict[type[ev.Event], LedgerHandler]:
@@ -55,7 +87,68 @@ class Planner:
             ev.TaskCompleted: self.on_outcome,
             ev.TaskFailed: self.on_outcome,
             ev.TaskEvaluated: self.on_verdict,
+            ev.EscalationResolved: self.on_resolved,
         }
+
+    # -- goals -------------------------------------------------------------------------------
+
+    def on_submitted(
+        self, event: ev.GoalSubmitted, delivery: Delivery, conn: Connection
+    ) -> list[ev.Event]:
+        if not L.insert_goal(conn, event, _traceparent(delivery)):
+            return []  # the same goal submitted again: it is already in hand
+        goal = _locked(conn, event.goal_id)
+        planned = self._plan(conn, goal, event.event_id)
+        if not isinstance(planned, Planned):
+            return planned
+        L.insert_plan(conn, goal, planned, self._pools)
+        return self._advance(conn, goal.goal_id, event.event_id)
+
+    def _plan(
+        self, conn: Connection, goal: GoalRow, cause_id: str, context: str = ""
+    ) -> Planned | list[ev.Event]:
+        """Ask the engine for a plan, budgets permitting; the failure events otherwise."""
+        problem = decide.budget_problem(goal, self._clock(), counting_steps=False)
+        if problem is not None:
+            return self._end(conn, goal, cause_id, category=problem[0], message=problem[1])
+        try:
+            with tracer.start_as_current_span("plan") as span:
+                span.set_attributes(
+                    {"mesh.goal_id": goal.goal_id, "mesh.engine": self._engine.name}
+                )
+                planned = self._engine.plan(self._plan_request(goal, context))
+        except EngineError as exc:
+            L.add_usage(conn, goal.goal_id, "plan", exc.usage)
+            return self._end(conn, goal, cause_id, category=exc.category, message=str(exc))
+        L.add_usage(conn, goal.goal_id, "plan", planned.usage)
+        return planned
+
+    def _plan_request(self, goal: GoalRow, context: str) -> PlanRequest:
+        def validate(draft: PlanDraft) -> None:
+            validate_plan(draft, self._registry, goal.max_steps)
+
+        return PlanRequest(
+            goal_id=goal.goal_id,
+            text=goal.text,
+            input=goal.input,
+            tools=self._registry.specs(),
+            max_steps=goal.max_steps,
+            validate=validate,
+            context=context,
+        )
+
+    def on_cancelled(
+        self, event: ev.GoalCancelled, delivery: Delivery, conn: Connection
+    ) -> list[ev.Event]:
+        goal = L.lock_goal(conn, event.goal_id)
+        if goal is None or goal.status not in LIVE or goal.ending is not None:
+            return []
+        if self._on_cancel is not None:
+            self._on_cancel(goal.goal_id)  # tell running tools, where they listen
+        message = event.reason or f"cancelled by {event.requested_by}"
+        return self._end(
+            conn, goal, event.event_id, category="cancelled", message=message, status="cancelled"
+        )
 
     def on_refused(
         self, event: ev.Event, category: str, reason: str, conn: Connection
@@ -64,50 +157,13 @@ class Planner:
         if isinstance(event, ev.GoalSubmitted):
             L.insert_goal(conn, event, None)
         goal = L.lock_goal(conn, event.goal_id)
-        if goal is None or goal.status not in ("planning", "running"):
+        if goal is None or goal.status not in LIVE:
             return []
-        return self._fail(conn, goal, event, "internal_error", f"{category}: {reason}")
-
-    def on_submitted(
-        self, event: ev.GoalSubmitted, delivery: Delivery, conn: Connection
-    ) -> list[ev.Event]:
-        if not L.insert_goal(conn, event, _traceparent(delivery)):
-            return []  # the same goal submitted again: it is already in hand
-        goal = L.lock_goal(conn, event.goal_id)
-        assert goal is not None
-        try:
-            with tracer.start_as_current_span("plan") as span:
-                span.set_attributes(
-                    {"mesh.goal_id": goal.goal_id, "mesh.engine": self._engine.name}
-                )
-                planned = self._engine.plan(self._plan_request(event))
-        except EngineError as exc:
-            L.add_usage(conn, goal.goal_id, "plan", exc.usage)
-            return self._fail(conn, goal, event, exc.category, str(exc))
-        L.add_usage(conn, goal.goal_id, "plan", planned.usage)
-        L.insert_plan(conn, goal, planned, self._pools)
-        return self._advance(conn, event.goal_id, event)
-
-    def _plan_request(self, event: ev.GoalSubmitted) -> PlanRequest:
-        def validate(draft: PlanDraft) -> None:
-            validate_plan(draft, self._registry, event.max_steps)
-
-        return PlanRequest(
-            goal_id=event.goal_id,
-            text=event.text,
-            input=event.input,
-            tools=self._registry.specs(),
-            max_steps=event.max_steps,
-            validate=validate,
+        return self._finish_failed(
+            conn, goal, event.event_id, "failed", "internal_error", f"{category}: {reason}", []
         )
 
-    def on_cancelled(
-        self, event: ev.GoalCancelled, delivery: Delivery, conn: Connection
-    ) -> list[ev.Event]:
-        goal = L.lock_goal(conn, event.goal_id)
-        if goal is None or goal.status not in ("planning", "running", "waiting_human"):
-            return []
-        return self._fail(conn, goal, event, "cancelled", event.reason or "cancelled", "cancelled")
+    # -- task outcomes and verdicts ------------------------------------------------------------
 
     def on_outcome(
         self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery, conn: Connection
@@ -121,67 +177,355 @@ class Planner:
         self, event: ev.TaskEvaluated, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
         goal = L.lock_goal(conn, event.goal_id)
-        if goal is None or goal.status != "running":
-            return []  # late verdicts of a finished goal are recorded nowhere else
+        if goal is None or goal.status not in ("running", "waiting_human", "compensating"):
+            return []  # a late verdict of a finished goal changes nothing
         task = L.record_verdict(conn, event)
         if task is None:
             return []  # a verdict on an attempt that is no longer current
         L.add_usage(conn, goal.goal_id, "evaluate", event.usage)
-        if event.decision == "accept":
+        if task.kind == "compensation":
+            return self._compensation_verdict(conn, goal, task, event)
+        if goal.status == "compensating":
+            return []  # the goal is being rolled back: this step's fate no longer matters
+        # While one step waits for a human, independent branches go on.
+        return self._action_verdict(conn, goal, task, event)
+
+    def _action_verdict(
+        self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
+    ) -> list[ev.Event]:
+        decision = verdict.decision
+        if decision == "accept":
             L.succeed(conn, task, self._clock())
-            return self._advance(conn, goal.goal_id, event)
-        if event.decision == "retry":
-            return self._retry(conn, goal, task, event)
+            return self._advance(conn, goal.goal_id, verdict.event_id)
+        if decision == "retry":
+            return self._retry(conn, goal, task, verdict)
+        if decision == "escalate":
+            return self._escalate(conn, goal, task, verdict.reason, verdict.event_id)
+        if decision == "replan":
+            return self._replan(conn, goal, task, verdict)
         L.fail_task(conn, task, self._clock())
-        return self._fail(
-            conn, goal, event, "task_failed", f"step {task.step_id} failed: {event.reason}"
+        attempt = L.last_attempt(conn, task)
+        return self._end(
+            conn,
+            goal,
+            verdict.event_id,
+            category="task_failed",
+            message=f"step {task.step_id} failed: {verdict.reason}",
+            failed=task,
+            partial=attempt["category"] == "partial",
+        )
+
+    def _compensation_verdict(
+        self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
+    ) -> list[ev.Event]:
+        if verdict.decision == "accept":
+            L.succeed(conn, task, self._clock())
+            conn.execute(
+                "update tasks set status = 'compensated' where task_id = %s", (task.compensates,)
+            )
+            return self._advance(conn, goal.goal_id, verdict.event_id)
+        if verdict.decision == "retry":
+            return self._retry(conn, goal, task, verdict)
+        return self._escalate(
+            conn,
+            goal,
+            task,
+            f"compensation {task.step_id} failed: {verdict.reason}",
+            verdict.event_id,
         )
 
     def _retry(
         self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
     ) -> list[ev.Event]:
         policy = self._registry.get(task.tool).retry
-        if task.attempt >= policy.max_attempts:
+        used = task.attempt - task.attempt_floor
+        if task.kind == "action":
+            ended = self._early_termination(conn, goal, verdict.event_id)
+            if ended:
+                return ended
+        if used >= policy.max_attempts:
+            reason = f"step {task.step_id} failed {used} time(s): {verdict.reason}"
+            if policy.escalate_when_exhausted or task.kind == "compensation":
+                return self._escalate(conn, goal, task, reason, verdict.event_id)
             L.fail_task(conn, task, self._clock())
-            return self._fail(
+            return self._end(
                 conn,
                 goal,
-                verdict,
-                "retries_exhausted",
-                f"step {task.step_id} failed {task.attempt} time(s): {verdict.reason}",
+                verdict.event_id,
+                category="retries_exhausted",
+                message=reason,
+                failed=task,
             )
-        tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
-        return self._dispatch(conn, goal, [task], tasks, verdict, feedback=verdict.feedback)
+        delay = policy.delay(used, self._draw())
+        L.set_task(conn, task, "waiting_retry")
+        L.schedule(
+            conn,
+            goal.goal_id,
+            "retry",
+            self._clock() + timedelta(seconds=delay),
+            task_id=task.task_id,
+            payload={
+                "attempt": task.attempt,
+                "feedback": verdict.feedback,
+                "cause": verdict.event_id,
+                "delay_s": delay,
+            },
+        )
+        return []
 
-    def _advance(self, conn: Connection, goal_id: str, cause: ev.Event) -> list[ev.Event]:
+    def _early_termination(self, conn: Connection, goal: GoalRow, cause_id: str) -> list[ev.Event]:
+        failures, decisions = L.history_of(conn, goal.goal_id)
+        if decide.repeated_failure(failures, self._limits.same_failure):
+            category, message = failures[-1]
+            times = self._limits.same_failure
+            text = f"the same failure happened {times} times: {category}: {message}"
+            return self._end(conn, goal, cause_id, category="repeated_failure", message=text)
+        if decide.no_progress(decisions, self._limits.no_progress):
+            text = f"no step succeeded in the last {self._limits.no_progress} verdicts"
+            return self._end(conn, goal, cause_id, category="no_progress", message=text)
+        return []
+
+    # -- escalations -----------------------------------------------------------------------------
+
+    def _escalate(
+        self, conn: Connection, goal: GoalRow, task: TaskRow, reason: str, cause_id: str
+    ) -> list[ev.Event]:
+        attempt = L.last_attempt(conn, task)
+        raised = ev.EscalationRaised(
+            envelope=self._envelope(goal.goal_id, cause_id),
+            escalation_id=ev.new_id(),
+            task_id=task.task_id,
+            reason=reason,
+            evidence={
+                "step": task.step_id,
+                "tool": task.tool,
+                "attempt": task.attempt,
+                "arguments": attempt["arguments"],
+                "outcome": attempt["status"],
+                "category": attempt["category"],
+                "message": attempt["message"],
+                "result": attempt["result"],
+            },
+            options=ESCALATION_OPTIONS,
+            expires_at=self._clock() + timedelta(seconds=self._limits.escalation_ttl_s),
+            default_action=self._limits.escalation_default,
+        )
+        L.insert_escalation(conn, escalation=raised)
+        L.set_task(conn, task, "waiting_human")
+        L.set_goal(conn, goal.goal_id, "waiting_human")
+        assert raised.expires_at is not None
+        L.schedule(
+            conn,
+            goal.goal_id,
+            "escalation_expiry",
+            raised.expires_at,
+            escalation_id=raised.escalation_id,
+        )
+        return [raised]
+
+    def on_resolved(
+        self, event: ev.EscalationResolved, delivery: Delivery, conn: Connection
+    ) -> list[ev.Event]:
+        goal = L.lock_goal(conn, event.goal_id)
+        if goal is None:
+            return []
+        closed = L.close_escalation(
+            conn,
+            event.escalation_id,
+            status="resolved",
+            action=event.action,
+            values=event.values,
+            by=event.resolved_by,
+        )
+        if closed is None:
+            return []  # already answered, or expired
+        return self._apply(
+            conn, goal, closed["task_id"], event.action, event.values, event.event_id
+        )
+
+    def _apply(
+        self,
+        conn: Connection,
+        goal: GoalRow,
+        task_id: str | None,
+        action: str,
+        values: dict[str, Any],
+        cause_id: str,
+    ) -> list[ev.Event]:
+        """Carry out a human's answer (or the expiry's default action) on the waiting task."""
+        task = L.task(conn, task_id) if task_id else None
+        if task is None or task.status != "waiting_human" or goal.status not in LIVE:
+            return []
+        resumed = "compensating" if goal.ending is not None else "running"
+        if L.open_escalations(conn, goal.goal_id):
+            resumed = "waiting_human"  # another question is still open
+        L.set_goal(conn, goal.goal_id, resumed)
+        goal = dataclasses.replace(goal, status=resumed)
+        if action == "approve":
+            L.succeed(conn, task, self._clock())
+            if task.kind == "compensation":
+                conn.execute(
+                    "update tasks set status = 'compensated' where task_id = %s",
+                    (task.compensates,),
+                )
+            return self._advance(conn, goal.goal_id, cause_id)
+        if action in ("retry", "set"):
+            if action == "set":
+                task = L.replace_arguments(conn, task, values)
+            conn.execute(
+                "update tasks set attempt_floor = attempt where task_id = %s", (task.task_id,)
+            )
+            note = "retry requested by a human" + (f", with {values}" if values else "")
+            return self._dispatch(conn, goal, [task], cause_id, feedback=note)
+        return self._abort(conn, goal, task, cause_id)
+
+    def _abort(
+        self, conn: Connection, goal: GoalRow, task: TaskRow, cause_id: str
+    ) -> list[ev.Event]:
+        L.fail_task(conn, task, self._clock())
+        if task.kind == "compensation":  # give up rolling back: report what was undone
+            ending = goal.ending or {}
+            return self._finish_failed(
+                conn,
+                goal,
+                cause_id,
+                ending.get("status", "failed"),
+                "compensation_aborted",
+                f"rollback stopped at {task.step_id}; before that: {ending.get('message', '')}",
+                self._compensated(conn, goal),
+            )
+        attempt = L.last_attempt(conn, task)
+        return self._end(
+            conn,
+            goal,
+            cause_id,
+            category="aborted",
+            message=f"step {task.step_id} aborted",
+            failed=task,
+            partial=attempt["category"] == "partial",
+        )
+
+    def on_timer(self, conn: Connection, timer: dict[str, Any]) -> list[ev.Event]:
+        """A durable timer came due: a retry to dispatch, or an escalation that expired."""
+        goal = L.lock_goal(conn, timer["goal_id"])
+        if goal is None or goal.status not in LIVE:
+            return []
+        payload = timer["payload"]
+        if timer["kind"] == "escalation_expiry":
+            closed = L.close_escalation(
+                conn,
+                timer["escalation_id"],
+                status="expired",
+                action=self._limits.escalation_default,
+                values={},
+                by="expiry",
+            )
+            if closed is None:
+                return []
+            return self._apply(
+                conn,
+                goal,
+                closed["task_id"],
+                closed["default_action"],
+                {},
+                payload.get("cause", ""),
+            )
+        task = L.task(conn, timer["task_id"])
+        if task is None or task.status != "waiting_retry" or task.attempt != payload["attempt"]:
+            return []
+        return self._dispatch(
+            conn, goal, [task], payload.get("cause"), feedback=payload["feedback"]
+        )
+
+    def on_timer_error(self, conn: Connection, goal_id: str, reason: str) -> list[ev.Event]:
+        """A timer this planner could not handle ends its goal, rather than leaving it waiting."""
         goal = L.lock_goal(conn, goal_id)
-        assert goal is not None
+        if goal is None or goal.status not in LIVE:
+            return []
+        return self._finish_failed(conn, goal, None, "failed", "internal_error", reason, [])
+
+    # -- re-planning -----------------------------------------------------------------------------
+
+    def _replan(
+        self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
+    ) -> list[ev.Event]:
+        L.fail_task(conn, task, self._clock())
+        if goal.replans >= goal.max_replans:
+            return self._end(
+                conn,
+                goal,
+                verdict.event_id,
+                category="replans_exhausted",
+                message=f"step {task.step_id} failed after {goal.replans} re-plan(s)",
+                failed=task,
+            )
+        done = [
+            t.step_id
+            for t in L.tasks_of(conn, goal.goal_id, goal.plan_version)
+            if t.status == "succeeded"
+        ]
+        context = (
+            f"Plan version {goal.plan_version} failed at step {task.step_id} ({task.tool}): "
+            f"{verdict.reason}. Completed steps, kept as they are: {', '.join(done) or 'none'}. "
+            "Propose a plan that reaches the goal another way."
+        )
+        planned = self._plan(conn, goal, verdict.event_id, context)
+        if not isinstance(planned, Planned):
+            return planned
+        L.count_replan(conn, goal.goal_id)
+        L.supersede(conn, goal.goal_id, goal.plan_version)
+        version = L.insert_plan(conn, goal, planned, self._pools, reason=context)
+        L.carry_over(conn, goal.goal_id, goal.plan_version, version)
+        return self._advance(conn, goal.goal_id, verdict.event_id)
+
+    # -- moving forward --------------------------------------------------------------------------
+
+    def _advance(self, conn: Connection, goal_id: str, cause_id: str) -> list[ev.Event]:
+        goal = _locked(conn, goal_id)
+        if goal.status == "compensating":
+            undo = L.tasks_of(conn, goal_id, goal.plan_version, kind="compensation")
+            if decide.all_succeeded(undo):
+                ending = goal.ending or {}
+                return self._finish_failed(
+                    conn,
+                    goal,
+                    cause_id,
+                    ending.get("status", "failed"),
+                    ending.get("category", "failed"),
+                    ending.get("message", ""),
+                    [t.step_id.removeprefix("undo_") for t in undo],
+                )
+            return self._dispatch(conn, goal, decide.ready(undo), cause_id, feedback=None)
         tasks = L.tasks_of(conn, goal_id, goal.plan_version)
         if decide.all_succeeded(tasks):
-            return self._complete(conn, goal, tasks, cause)
-        return self._dispatch(conn, goal, decide.ready(tasks), tasks, cause, feedback=None)
+            return self._complete(conn, goal, tasks, cause_id)
+        return self._dispatch(conn, goal, decide.ready(tasks), cause_id, feedback=None)
 
     def _dispatch(
         self,
         conn: Connection,
         goal: GoalRow,
         ready: list[TaskRow],
-        tasks: list[TaskRow],
-        cause: ev.Event,
+        cause_id: str | None,
         *,
         feedback: str | None,
     ) -> list[ev.Event]:
-        results = decide.results_by_step(tasks)
+        results = decide.results_by_step(L.tasks_of(conn, goal.goal_id, goal.plan_version))
         out: list[ev.Event] = []
         for task in ready:
-            problem = decide.budget_problem(goal, self._clock())
-            if problem is not None:  # checked before every dispatch: never over by more than one
-                return self._fail(conn, goal, cause, *problem)
+            if task.kind == "action":  # compensations run whatever the budget: they clean up
+                problem = decide.budget_problem(goal, self._clock())
+                if (
+                    problem is not None
+                ):  # checked before every dispatch: never over by more than one
+                    return out + self._end(
+                        conn, goal, cause_id, category=problem[0], message=problem[1]
+                    )
             arguments = resolve_arguments(task.arguments, results)
             attempt = L.dispatch(conn, goal.goal_id, task, arguments, feedback)
             _dispatch_span(goal.goal_id, task, attempt)
             goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
-            out.append(self._assignment(goal, task, attempt, arguments, cause, feedback))
+            out.append(self._assignment(goal, task, attempt, arguments, cause_id, feedback))
         return out
 
     def _assignment(
@@ -190,11 +534,11 @@ class Planner:
         task: TaskRow,
         attempt: int,
         arguments: dict[str, Any],
-        cause: ev.Event,
+        cause_id: str | None,
         feedback: str | None,
     ) -> ev.TaskAssigned:
         return ev.TaskAssigned(
-            envelope=self._envelope(goal.goal_id, cause),
+            envelope=self._envelope(goal.goal_id, cause_id),
             task_id=task.task_id,
             plan_version=goal.plan_version,
             step_id=task.step_id,
@@ -202,13 +546,16 @@ class Planner:
             arguments=arguments,
             attempt=attempt,
             pool=task.pool,
+            kind=task.kind,
             timeout_s=self._registry.get(task.tool).timeout_s,
             idempotency_key=task.idempotency_key,
             feedback=feedback,
         )
 
+    # -- ending ----------------------------------------------------------------------------------
+
     def _complete(
-        self, conn: Connection, goal: GoalRow, tasks: list[TaskRow], cause: ev.Event
+        self, conn: Connection, goal: GoalRow, tasks: list[TaskRow], cause_id: str | None
     ) -> list[ev.Event]:
         summary = f"all {len(tasks)} steps succeeded: " + ", ".join(t.step_id for t in tasks)
         output = decide.results_by_step(tasks)
@@ -216,7 +563,7 @@ class Planner:
         usage, steps, elapsed = L.usage_of(conn, goal.goal_id)
         return [
             ev.GoalCompleted(
-                envelope=self._envelope(goal.goal_id, cause),
+                envelope=self._envelope(goal.goal_id, cause_id),
                 summary=summary,
                 output=output,
                 steps=steps,
@@ -225,14 +572,70 @@ class Planner:
             )
         ]
 
-    def _fail(
+    def _end(
         self,
         conn: Connection,
         goal: GoalRow,
-        cause: ev.Event,
+        cause_id: str | None,
+        *,
         category: str,
         message: str,
         status: str = "failed",
+        failed: TaskRow | None = None,
+        partial: bool = False,
+    ) -> list[ev.Event]:
+        """End the goal: roll back per its compensation policy first, when there is anything."""
+        if goal.ending is not None:
+            return []  # already ending
+        tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
+        undo = saga.to_undo(
+            tasks,
+            policy=goal.compensation_policy,
+            registry=self._registry,
+            failed=failed,
+            failed_partially=partial,
+        )
+        if not undo:
+            L.drop_escalations(conn, goal.goal_id)
+            return self._finish_failed(conn, goal, cause_id, status, category, message, [])
+        L.insert_compensations(conn, goal, [self._compensation(conn, t) for t in undo])
+        L.cancel_open_actions(conn, goal.goal_id)
+        ending = {"status": status, "category": category, "message": message}
+        L.set_goal(conn, goal.goal_id, "compensating", ending)
+        L.drop_escalations(conn, goal.goal_id)
+        return self._advance(conn, goal.goal_id, cause_id or "")
+
+    def _compensation(
+        self, conn: Connection, step: TaskRow
+    ) -> tuple[TaskRow, str, dict[str, Any], str]:
+        name = self._registry.get(step.tool).compensation
+        assert name is not None
+        tool = self._registry.get(name)
+        attempt = L.last_attempt(conn, step)
+        completed = attempt["status"] == "completed"
+        arguments = saga.compensation_arguments(
+            list(tool.args.model_fields),
+            arguments=attempt["arguments"],
+            result=step.result
+            if step.status == "succeeded"
+            else (attempt["result"] if completed else None),
+            details=None if completed else attempt["result"],
+        )
+        return step, name, arguments, tool.pool
+
+    def _compensated(self, conn: Connection, goal: GoalRow) -> list[str]:
+        undo = L.tasks_of(conn, goal.goal_id, goal.plan_version, kind="compensation")
+        return [t.step_id.removeprefix("undo_") for t in undo if t.status == "succeeded"]
+
+    def _finish_failed(
+        self,
+        conn: Connection,
+        goal: GoalRow,
+        cause_id: str | None,
+        status: str,
+        category: str,
+        message: str,
+        compensated: list[str],
     ) -> list[ev.Event]:
         L.finish_goal(
             conn, goal.goal_id, status=status, summary=message, category=category, message=message
@@ -240,31 +643,31 @@ class Planner:
         usage, steps, elapsed = L.usage_of(conn, goal.goal_id)
         return [
             ev.GoalFailed(
-                envelope=self._envelope(goal.goal_id, cause),
+                envelope=self._envelope(goal.goal_id, cause_id),
                 category=category,
                 message=message,
                 summary=message,
                 steps=steps,
                 usage=usage,
                 duration_s=elapsed,
+                compensated=compensated,
             )
         ]
 
     @staticmethod
-    def _envelope(goal_id: str, cause: ev.Event) -> ev.Envelope:
+    def _envelope(goal_id: str, cause_id: str | None) -> ev.Envelope:
         return ev.Envelope(
             goal_id=goal_id,
             producer_agent=AGENT,
             correlation_id=goal_id,
-            causation_id=cause.event_id,
+            causation_id=cause_id or None,
         )
 
 
-def _traceparent(delivery: Delivery) -> str | None:
-    for key, value in delivery.headers:
-        if key == "traceparent" and value is not None:
-            return value.decode("latin-1")
-    return None
+def _locked(conn: Connection, goal_id: str) -> GoalRow:
+    goal = L.lock_goal(conn, goal_id)
+    assert goal is not None
+    return goal
 
 
 def _dispatch_span(goal_id: str, task: TaskRow, attempt: int) -> None:
@@ -277,3 +680,10 @@ def _dispatch_span(goal_id: str, task: TaskRow, attempt: int) -> None:
     }
     with tracer.start_as_current_span(f"dispatch {task.step_id}", attributes=attributes):
         pass
+
+
+def _traceparent(delivery: Delivery) -> str | None:
+    for key, value in delivery.headers:
+        if key == "traceparent" and value is not None:
+            return value.decode("latin-1")
+    return None

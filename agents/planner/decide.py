@@ -22,6 +22,9 @@ class TaskRow:
     attempt: int
     idempotency_key: str
     result: dict[str, Any] | None
+    kind: str = "action"
+    attempt_floor: int = 0
+    compensates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class GoalRow:
     tokens: int
     cost_usd: float
     submitted_at: datetime
+    max_replans: int = 2
+    replans: int = 0
+    compensation_policy: str = "all"
+    ending: dict[str, Any] | None = None
 
 
 def ready(tasks: Sequence[TaskRow]) -> list[TaskRow]:
@@ -57,9 +64,12 @@ def results_by_step(tasks: Sequence[TaskRow]) -> dict[str, dict[str, Any]]:
     return {t.step_id: t.result for t in tasks if t.status == "succeeded" and t.result is not None}
 
 
-def budget_problem(goal: GoalRow, now: datetime) -> tuple[str, str] | None:
-    """Why one more step may not be dispatched, as (category, message); None when it may."""
-    if goal.steps_used >= goal.max_steps:
+def budget_problem(
+    goal: GoalRow, now: datetime, *, counting_steps: bool = True
+) -> tuple[str, str] | None:
+    """Why one more step (or, without ``counting_steps``, one more engine call) may not go ahead,
+    as (category, message); None when it may."""
+    if counting_steps and goal.steps_used >= goal.max_steps:
         return "budget_steps", f"the goal used its {goal.max_steps} steps"
     if goal.max_tokens is not None and goal.tokens >= goal.max_tokens:
         return "budget_tokens", f"the goal used {goal.tokens} of {goal.max_tokens} tokens"
@@ -68,3 +78,14 @@ def budget_problem(goal: GoalRow, now: datetime) -> tuple[str, str] | None:
     if goal.deadline_at is not None and now >= goal.deadline_at:
         return "deadline", f"the goal's deadline {goal.deadline_at.isoformat()} passed"
     return None
+
+
+def repeated_failure(failures: Sequence[tuple[str, str]], limit: int) -> bool:
+    """True when the newest failure (category, message) already happened ``limit`` times."""
+    return bool(failures) and failures.count(failures[-1]) >= limit
+
+
+def no_progress(decisions: Sequence[str], limit: int) -> bool:
+    """True when none of the last ``limit`` verdicts accepted anything."""
+    recent = decisions[-limit:]
+    return len(recent) >= limit and "accept" not in recent

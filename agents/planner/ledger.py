@@ -17,10 +17,12 @@ from agents.planner.decide import GoalRow, TaskRow
 
 _GOAL_COLUMNS = (
     "goal_id, text, input, status, max_steps, max_tokens, budget_usd, deadline_at, plan_version, "
-    "steps_used, input_tokens + output_tokens as tokens, cost_usd, submitted_at"
+    "steps_used, input_tokens + output_tokens as tokens, cost_usd, submitted_at, max_replans, "
+    "replans, compensation_policy, ending"
 )
 _TASK_COLUMNS = (
-    "task_id, step_id, tool, arguments, depends_on, pool, status, attempt, idempotency_key, result"
+    "task_id, step_id, tool, arguments, depends_on, pool, status, attempt, idempotency_key, "
+    "result, kind, attempt_floor, compensates"
 )
 
 
@@ -28,8 +30,9 @@ def insert_goal(conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | No
     """Record a new goal; False when it is already known (a repeated submission)."""
     row = conn.execute(
         "insert into goals (goal_id, text, input, status, max_steps, max_tokens, budget_usd, "
-        "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at) "
-        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s) "
+        "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at, "
+        "max_replans, compensation_policy) "
+        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "on conflict (goal_id) do nothing returning goal_id",
         (
             goal.goal_id,
@@ -43,6 +46,8 @@ def insert_goal(conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | No
             goal.submitted_by,
             trace_parent,
             goal.envelope.occurred_at,
+            goal.max_replans,
+            goal.compensation_policy,
         ),
     ).fetchone()
     return row is not None
@@ -58,14 +63,29 @@ def lock_goal(conn: Connection, goal_id: str) -> GoalRow | None:
     return GoalRow(**row) if row else None
 
 
-def tasks_of(conn: Connection, goal_id: str, plan_version: int) -> list[TaskRow]:
+def tasks_of(
+    conn: Connection, goal_id: str, plan_version: int, kind: str = "action"
+) -> list[TaskRow]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"select {_TASK_COLUMNS} from tasks where goal_id = %s and plan_version = %s "  # noqa: S608
-            "and kind = 'action' order by task_id",
-            (goal_id, plan_version),
+            "and kind = %s order by task_id",
+            (goal_id, plan_version, kind),
         ).fetchall()
-    return [TaskRow(**(r | {"depends_on": tuple(r["depends_on"])})) for r in rows]
+    return [_task(r) for r in rows]
+
+
+def task(conn: Connection, task_id: str) -> TaskRow | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"select {_TASK_COLUMNS} from tasks where task_id = %s for update",  # noqa: S608
+            (task_id,),
+        ).fetchone()
+    return _task(row) if row else None
+
+
+def _task(row: dict[str, Any]) -> TaskRow:
+    return TaskRow(**(row | {"depends_on": tuple(row["depends_on"])}))
 
 
 def insert_plan(
@@ -202,7 +222,7 @@ def record_verdict(conn: Connection, event: ev.TaskEvaluated) -> TaskRow | None:
             "and status = 'evaluating' for update",
             (event.task_id, event.attempt),
         ).fetchone()
-    return TaskRow(**(row | {"depends_on": tuple(row["depends_on"])})) if row else None
+    return _task(row) if row else None
 
 
 def succeed(conn: Connection, task: TaskRow, finished_at: datetime) -> TaskRow:
@@ -264,7 +284,7 @@ def finish_goal(
     )
     conn.execute(
         "update tasks set status = 'cancelled' where goal_id = %s "
-        "and status in ('pending', 'dispatched', 'evaluating')",
+        "and status in ('pending', 'dispatched', 'evaluating', 'waiting_retry', 'waiting_human')",
         (goal_id,),
     )
 
@@ -279,3 +299,223 @@ def usage_of(conn: Connection, goal_id: str) -> tuple[ev.Usage, int, float]:
     assert row is not None
     usage = ev.Usage(input_tokens=row[0], output_tokens=row[1], cost_usd=row[2])
     return usage, int(row[3]), float(row[4])
+
+
+def set_task(conn: Connection, task: TaskRow, status: str, **columns: Any) -> None:
+    """Move a task to ``status`` (and set extra columns), conditional on its current attempt."""
+    sets = ", ".join(f"{name} = %s" for name in columns)
+    conn.execute(
+        f"update tasks set status = %s{', ' + sets if sets else ''} "  # noqa: S608 - names are ours
+        "where task_id = %s and attempt = %s",
+        (status, *columns.values(), task.task_id, task.attempt),
+    )
+
+
+def set_goal(
+    conn: Connection, goal_id: str, status: str, ending: dict[str, Any] | None = None
+) -> None:
+    conn.execute(
+        "update goals set status = %s, ending = coalesce(%s, ending) where goal_id = %s",
+        (status, Jsonb(ending) if ending is not None else None, goal_id),
+    )
+
+
+def last_attempt(conn: Connection, task: TaskRow) -> dict[str, Any]:
+    """The current attempt's row: arguments, status, category, message, result."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "select arguments, status, category, message, result from attempts "
+            "where task_id = %s and attempt = %s",
+            (task.task_id, task.attempt),
+        ).fetchone()
+    return row or {
+        "arguments": {},
+        "status": None,
+        "category": None,
+        "message": None,
+        "result": None,
+    }
+
+
+def history_of(conn: Connection, goal_id: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The goal's failures as (category, message) and its verdict decisions, oldest first."""
+    failures = conn.execute(
+        "select a.category, coalesce(a.message, '') from attempts a join tasks t using (task_id) "
+        "where t.goal_id = %s and a.status = 'failed' order by a.finished_at, a.attempt",
+        (goal_id,),
+    ).fetchall()
+    decisions = conn.execute(
+        "select v.decision from verdicts v join tasks t using (task_id) "
+        "where t.goal_id = %s order by v.created_at",
+        (goal_id,),
+    ).fetchall()
+    return [(str(c), str(m)) for c, m in failures], [str(d[0]) for d in decisions]
+
+
+def insert_compensations(
+    conn: Connection, goal: GoalRow, chain: list[tuple[TaskRow, str, dict[str, Any], str]]
+) -> None:
+    """Compensation tasks as a chain, each waiting for the one before it: (step, tool, args,
+    pool), first to last."""
+    rows = []
+    previous: str | None = None
+    for step, tool, arguments, pool in chain:
+        step_id = f"undo_{step.step_id}"
+        rows.append(
+            (
+                f"{goal.goal_id}.{goal.plan_version}.{step_id}",
+                goal.goal_id,
+                goal.plan_version,
+                step_id,
+                tool,
+                Jsonb(arguments),
+                [previous] if previous else [],
+                pool,
+                f"{step.idempotency_key}:compensate",
+                step.task_id,
+            )
+        )
+        previous = step_id
+    with conn.cursor() as cur:
+        cur.executemany(
+            "insert into tasks (task_id, goal_id, plan_version, step_id, tool, arguments, "
+            "depends_on, pool, status, kind, idempotency_key, compensates) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', 'compensation', %s, %s) "
+            "on conflict do nothing",
+            rows,
+        )
+
+
+def schedule(
+    conn: Connection,
+    goal_id: str,
+    kind: str,
+    due_at: datetime,
+    *,
+    task_id: str | None = None,
+    escalation_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """A durable timer: it fires at (never before) ``due_at``, whatever restarts in between."""
+    conn.execute(
+        "insert into timers (goal_id, kind, task_id, escalation_id, due_at, payload) "
+        "values (%s, %s, %s, %s, %s, %s)",
+        (goal_id, kind, task_id, escalation_id, due_at, Jsonb(payload or {})),
+    )
+
+
+def due_timers(conn: Connection, limit: int = 200) -> list[dict[str, Any]]:
+    """Timers whose time has come, locked for this transaction (other planners skip them)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "select timer_id, goal_id, kind, task_id, escalation_id, payload from timers "
+            "where fired_at is null and due_at <= now() order by goal_id, due_at "
+            "limit %s for update skip locked",
+            (limit,),
+        ).fetchall()
+        if rows:
+            cur.execute(
+                "update timers set fired_at = now() where timer_id = any(%s)",
+                ([r["timer_id"] for r in rows],),
+            )
+    return rows
+
+
+def insert_escalation(
+    conn: Connection,
+    *,
+    escalation: ev.EscalationRaised,
+) -> None:
+    conn.execute(
+        "insert into escalations (escalation_id, goal_id, task_id, reason, evidence, options, "
+        "default_action, expires_at) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            escalation.escalation_id,
+            escalation.goal_id,
+            escalation.task_id,
+            escalation.reason,
+            Jsonb(escalation.evidence),
+            escalation.options,
+            escalation.default_action,
+            escalation.expires_at,
+        ),
+    )
+
+
+def close_escalation(
+    conn: Connection,
+    escalation_id: str,
+    *,
+    status: str,
+    action: str,
+    values: dict[str, Any],
+    by: str,
+) -> dict[str, Any] | None:
+    """Close an open escalation (compare-and-set); its row, or None if it was not open."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "update escalations set status = %s, action = %s, values = %s, resolved_by = %s, "
+            "resolved_at = now() where escalation_id = %s and status = 'open' "
+            "returning escalation_id, goal_id, task_id, default_action",
+            (status, action, Jsonb(values), by, escalation_id),
+        ).fetchone()
+
+
+def replace_arguments(conn: Connection, task: TaskRow, values: dict[str, Any]) -> TaskRow:
+    merged = task.arguments | values
+    conn.execute(
+        "update tasks set arguments = %s where task_id = %s", (Jsonb(merged), task.task_id)
+    )
+    return TaskRow(**(task.__dict__ | {"arguments": merged}))
+
+
+def count_replan(conn: Connection, goal_id: str) -> None:
+    conn.execute("update goals set replans = replans + 1 where goal_id = %s", (goal_id,))
+
+
+def supersede(conn: Connection, goal_id: str, plan_version: int) -> None:
+    """Retire the unfinished tasks of an old plan version (a re-plan replaces them)."""
+    conn.execute(
+        "update tasks set status = 'superseded' where goal_id = %s and plan_version = %s "
+        "and status not in ('succeeded', 'compensated')",
+        (goal_id, plan_version),
+    )
+
+
+def carry_over(conn: Connection, goal_id: str, old: int, new: int) -> list[str]:
+    """Steps of the new plan that the old one already completed keep their results."""
+    rows = conn.execute(
+        "update tasks n set status = 'succeeded', result = o.result, attempt = o.attempt, "
+        "first_started_at = o.first_started_at, finished_at = o.finished_at "
+        "from tasks o where n.goal_id = %s and n.plan_version = %s and o.goal_id = n.goal_id "
+        "and o.plan_version = %s and o.step_id = n.step_id and o.tool = n.tool "
+        "and o.status = 'succeeded' and o.kind = 'action' and n.kind = 'action' "
+        "returning n.step_id",
+        (goal_id, new, old),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def open_escalations(conn: Connection, goal_id: str) -> int:
+    row = conn.execute(
+        "select count(*) from escalations where goal_id = %s and status = 'open'", (goal_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def drop_escalations(conn: Connection, goal_id: str) -> None:
+    """Open questions of a goal that is ending are moot: close them."""
+    conn.execute(
+        "update escalations set status = 'expired', action = 'superseded', resolved_at = now() "
+        "where goal_id = %s and status = 'open'",
+        (goal_id,),
+    )
+
+
+def cancel_open_actions(conn: Connection, goal_id: str) -> None:
+    """Action steps not yet done will not be: the goal is being rolled back."""
+    conn.execute(
+        "update tasks set status = 'cancelled' where goal_id = %s and kind = 'action' and status "
+        "in ('pending', 'dispatched', 'evaluating', 'waiting_retry', 'waiting_human')",
+        (goal_id,),
+    )

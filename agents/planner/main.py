@@ -6,10 +6,13 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import redis
+
 from agents import events as ev
 from agents.engines.select import engine_from_env
 from agents.ledger.outbox import LedgerSink, sweep
-from agents.planner.agent import Planner
+from agents.planner.agent import Limits, Planner
+from agents.planner.timers import fire_due
 from agents.runtime.app import AgentApp
 from agents.runtime.settings import MeshSettings
 from agents.runtime.shortlived import Lease, Leases
@@ -17,21 +20,29 @@ from agents.tools.catalogue import default_registry
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 1.0
+TIMERS_EVERY_S = 0.1
 
 
 class Housekeeping:
-    """Between batches, at most once a second: relay orphaned outbox rows, and report tasks whose
-    worker stopped heartbeating as failed with ``lease_expired`` so the evaluator retries them."""
+    """Between batches: fire due timers (every 0.1 s), and at most once a second relay orphaned
+    outbox rows and report tasks whose worker stopped heartbeating as failed with
+    ``lease_expired`` so the evaluator retries them."""
 
-    def __init__(self, app: AgentApp, leases: Leases) -> None:
+    def __init__(self, app: AgentApp, leases: Leases, planner: Planner) -> None:
         self._app = app
         self._leases = leases
+        self._planner = planner
         self._next = 0.0
+        self._next_timers = 0.0
 
     def __call__(self) -> None:
-        if time.monotonic() < self._next:
+        now = time.monotonic()
+        if now >= self._next_timers:
+            self._next_timers = now + TIMERS_EVERY_S
+            fire_due(self._app.db, self._app.publisher, self._planner)
+        if now < self._next:
             return
-        self._next = time.monotonic() + HOUSEKEEPING_EVERY_S
+        self._next = now + HOUSEKEEPING_EVERY_S
         sweep(self._app.db, self._app.publisher)
         expired = self._leases.take_expired()
         for lease in expired:
@@ -60,11 +71,34 @@ def _lease_expired(lease: Lease) -> ev.TaskFailed:
 
 def run(settings: MeshSettings) -> int:
     app = AgentApp.start("planner", settings)
-    planner = Planner(engine=engine_from_env(), registry=default_registry())
+    cancelled = f"{settings.topic_prefix}cancelled:"
+    planner = Planner(
+        engine=engine_from_env(),
+        registry=default_registry(),
+        limits=Limits(
+            same_failure=settings.same_failure_limit,
+            no_progress=settings.no_progress_limit,
+            escalation_ttl_s=settings.escalation_ttl_s,
+            escalation_default=settings.escalation_default,
+        ),
+        on_cancel=lambda goal_id: _flag(app, cancelled + goal_id),
+    )
     sweep(app.db, app.publisher, older_than_s=0)  # what a previous planner left unsent
     leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
     sink = LedgerSink(
         pool=app.db, consumer="planner", handlers=planner.handlers(), on_refused=planner.on_refused
     )
-    runtime = app.consumer(roles=("goals", "results"), sink=sink, tick=Housekeeping(app, leases))
+    runtime = app.consumer(
+        roles=("goals", "results", "escalations"),
+        sink=sink,
+        tick=Housekeeping(app, leases, planner),
+    )
     return app.serve(runtime)
+
+
+def _flag(app: AgentApp, key: str) -> None:
+    """Tell workers a goal was cancelled (best effort: the ledger is what stops dispatches)."""
+    try:
+        app.redis.set(key, 1, ex=86400)
+    except redis.RedisError as exc:
+        log.warning("could not flag %s: %s", key, exc)

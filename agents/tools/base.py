@@ -68,7 +68,17 @@ class RetryPolicy:
     initial_delay_s: float = 0.2
     factor: float = 2.0
     max_delay_s: float = 10.0
-    retry_on: tuple[str, ...] = ("transient", "timeout", "lease_expired")
+    jitter: float = 0.5  # a delay is drawn from [base * (1 - jitter), base]
+    retry_on: tuple[str, ...] = ("transient", "timeout", "lease_expired", "semantic")
+    escalate_when_exhausted: bool = True  # else the step fails for good
+
+    def base_delay(self, attempt: int) -> float:
+        """The backoff before retrying after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.max_delay_s, self.initial_delay_s * self.factor ** (attempt - 1)))
+
+    def delay(self, attempt: int, draw: float) -> float:
+        """The jittered delay, ``draw`` uniform in [0, 1)."""
+        return self.base_delay(attempt) * (1.0 - self.jitter * draw)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class ToolContext:
     goal_input: Mapping[str, Any]
     resources: ToolResources
     feedback: str | None = None
+    cancelled: Callable[[], bool] = field(default=lambda: False)
+    """True once the goal was cancelled: a long-running tool should stop at the next chance."""
 
     def simulate(self, tool: str) -> Mapping[str, Any]:
         """The goal's ``simulate`` switches for ``tool`` (see docs/tools.md), or none."""
@@ -119,6 +131,7 @@ class Tool(Generic[A, R]):
     scope: tuple[str, ...] = ()
     rate_limit_per_s: float | None = None
     checks: tuple[Check, ...] = ()
+    confidence_threshold: float = 0.0  # verdicts on this tool below it escalate
 
     def parse_args(self, raw: Mapping[str, Any]) -> A:
         try:
@@ -148,6 +161,7 @@ def tool(
     scope: Iterable[str] = (),
     rate_limit_per_s: float | None = None,
     checks: Iterable[Check] = (),
+    confidence_threshold: float = 0.0,
 ) -> Callable[[Callable[[A, ToolContext], R]], Tool[A, R]]:
     """Turn ``def fn(args: ArgsModel, ctx: ToolContext) -> ResultModel`` into a ``Tool``.
 
@@ -170,6 +184,7 @@ def tool(
             scope=tuple(scope),
             rate_limit_per_s=rate_limit_per_s,
             checks=tuple(checks),
+            confidence_threshold=confidence_threshold,
         )
 
     return wrap

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.tools.base import ToolContext, tool
+from agents.tools.base import PermanentToolError, ToolContext, tool
 
 
 class PauseArgs(BaseModel):
@@ -27,7 +27,11 @@ class PauseResult(BaseModel):
 def pause(args: PauseArgs, ctx: ToolContext) -> PauseResult:
     """Wait the given number of seconds, then report when the wait began and ended."""
     started = time.time()
-    time.sleep(args.seconds)
+    deadline = time.monotonic() + args.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if ctx.cancelled():
+            raise PermanentToolError("the goal was cancelled while waiting")
+        time.sleep(min(left, 0.1))
     return PauseResult(
         seconds=args.seconds, label=args.label, started_at=started, finished_at=time.time()
     )

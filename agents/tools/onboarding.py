@@ -67,6 +67,9 @@ class Simulate(BaseModel):
     partial_after: int | None = Field(None, ge=0)
     delay_s: float = Field(0.0, ge=0)
     invalid_result: bool = False
+    # Read by the offline engine's judgement, not by the tool (see docs/tools.md).
+    confidence: float | None = Field(None, ge=0, le=1)
+    replan: bool = False
 
 
 def _simulated(tool_name: str, ctx: ToolContext) -> Simulate:
@@ -439,7 +442,12 @@ def provision_infrastructure(args: InfrastructureArgs, ctx: ToolContext) -> Infr
     if switches.partial_after is not None:
         raise PartialToolError(
             f"provisioning stopped after {len(done)} of {len(COMPONENTS)} components (simulated)",
-            details={"done": done, "slug": args.slug, "tenant_dir": str(tenant)},
+            details={
+                "done": done,
+                "components": done,  # what the compensating tool should remove
+                "slug": args.slug,
+                "tenant_dir": str(tenant),
+            },
         )
     if switches.invalid_result:
         done = done[:-1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
@@ -39,6 +39,12 @@ class ToolTimeoutError(ToolError):
     retryable = True
 
 
+class CancelledError(ToolError):
+    """The task's goal was cancelled before the tool ran."""
+
+    category = "cancelled"
+
+
 class ForbiddenToolError(ToolError):
     """The tool needs a credential scope this worker was not given."""
 
@@ -59,8 +65,10 @@ class Worker:
         worker_id: str,
         pools: Collection[str] = (),
         scopes: Collection[str] | None = None,
+        cancelled: Callable[[str], bool] = lambda goal_id: False,
         max_parallel_tools: int = 16,
     ) -> None:
+        self._cancelled = cancelled
         self._scopes = None if scopes is None else frozenset(scopes)
         self._registry = registry
         self._resources = resources
@@ -101,6 +109,8 @@ class Worker:
 
     def _call(self, event: ev.TaskAssigned) -> BaseModel:
         tool = self._registry.get(event.tool)
+        if event.kind == "action" and self._cancelled(event.goal_id):
+            raise CancelledError(f"goal {event.goal_id} was cancelled; {tool.name} did not run")
         missing = set(tool.scope) - self._scopes if self._scopes is not None else set()
         if missing:
             raise ForbiddenToolError(f"{tool.name} needs scope(s) {sorted(missing)}")
@@ -137,6 +147,7 @@ class Worker:
             goal_input=self._goal_input(event.goal_id),
             resources=self._resources,
             feedback=event.feedback,
+            cancelled=lambda: self._cancelled(event.goal_id),
         )
 
     def _goal_input(self, goal_id: str) -> dict[str, Any]:

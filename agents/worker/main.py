@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import redis
+
 from agents import events as ev
 from agents.runtime.app import AgentApp
 from agents.runtime.consumer import HandlerSink
@@ -28,6 +30,7 @@ def run(
         worker_id=app.client_id,
         pools=pools,
         scopes=settings.scopes(),
+        cancelled=lambda goal_id: _flagged(app, f"{settings.topic_prefix}cancelled:{goal_id}"),
         max_parallel_tools=parallel * 2,
     )
     leases.start_heartbeat()
@@ -39,3 +42,10 @@ def run(
     finally:
         leases.stop_heartbeat()
         worker.close()
+
+
+def _flagged(app: AgentApp, key: str) -> bool:
+    try:
+        return bool(app.redis.exists(key))
+    except redis.RedisError:
+        return False  # no Redis, no early stop: the planner ignores late results anyway
