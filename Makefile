@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STACK := $(PYTHON) infra/stack.py
 PYTEST_ARGS ?=
 SCENARIO ?= happy
+ANSWER ?= retry
 
 .DEFAULT_GOAL := help
 .PHONY: help venv up down status topics demo test unit lint typecheck check schemas bench clean
@@ -35,7 +36,7 @@ topics: venv ## create missing topics and report drift
 	$(BIN)/mesh topics ensure
 
 demo: venv ## run the onboarding demo end to end on the local stack
-	$(STACK) with-stack -- $(BIN)/mesh demo --scenario $(SCENARIO)
+	$(STACK) with-stack -- $(BIN)/mesh demo --scenario $(SCENARIO) --answer $(ANSWER)
 
 test: venv check ## lint, type-check and run every test on the real stack
 	$(STACK) with-stack -- $(BIN)/pytest $(PYTEST_ARGS)

@@ -79,7 +79,7 @@ def _check(args: argparse.Namespace, settings: MeshSettings) -> int:
 def _demo(args: argparse.Namespace, settings: MeshSettings) -> int:
     from agents.demo import run_demo  # noqa: PLC0415
 
-    return run_demo(settings, scenario=args.scenario, timeout=args.timeout)
+    return run_demo(settings, scenario=args.scenario, answer=args.answer, timeout=args.timeout)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         func=_check
     )
     demo = sub.add_parser("demo", help="run the onboarding demo end to end")
-    demo.add_argument("--scenario", default="happy")
+    demo.add_argument(
+        "--scenario",
+        default="happy",
+        choices=("happy", "billing-flaky", "billing-down", "infra-partial", "budget-exceeded"),
+    )
+    demo.add_argument("--answer", default="retry", choices=("retry", "abort", "approve"))
     demo.add_argument("--timeout", type=float, default=120.0)
     demo.set_defaults(func=_demo)
     add_commands(sub)

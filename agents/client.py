@@ -172,6 +172,10 @@ class MeshClient:
         with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
             return _status(conn, goal_id)
 
+    def handle(self, goal_id: str) -> GoalHandle:
+        """A handle on a goal submitted earlier (by anyone)."""
+        return GoalHandle(goal_id, self)
+
     def close(self) -> None:
         self._publisher.close()
 

@@ -140,16 +140,17 @@ class Evaluator:
     def _policy(
         self, event: ev.TaskCompleted | ev.TaskFailed, tool: Tool[Any, Any], judged: Judgement
     ) -> Judgement:
-        """The runtime, not the engine, decides whether a retry is allowed."""
+        """The runtime, not the engine, decides whether a failure may be retried at all (the
+        planner, which knows the attempts a human granted, decides when retries run out)."""
         if judged.decision != "retry":
             return judged
         retryable = isinstance(event, ev.TaskCompleted) or (
             event.retryable and event.category in tool.retry.retry_on
         )
-        if retryable and event.attempt < tool.retry.max_attempts:
+        if retryable:
             return judged
-        why = "not a retryable failure" if not retryable else "no attempts left"
-        return judged.model_copy(update={"decision": "fail", "reason": f"{judged.reason} ({why})"})
+        reason = f"{judged.reason} (not a retryable failure)"
+        return judged.model_copy(update={"decision": "fail", "reason": reason})
 
     def _verdict(
         self,

@@ -42,7 +42,7 @@ from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
 from agents.runtime.consumer import Delivery
 from agents.runtime.telemetry import tracer
-from agents.tools.base import Registry
+from agents.tools.base import HUMAN_RETRY, Registry
 
 AGENT = "planner"
 LIVE = ("planning", "running", "waiting_human", "compensating")
@@ -53,8 +53,8 @@ ESCALATION_OPTIONS = ["approve", "retry", "abort", "set"]
 class Limits:
     """Early-termination and escalation settings of the planner."""
 
-    same_failure: int = 5  # the same (category, message) this often ends the goal
-    no_progress: int = 12  # this many verdicts in a row without an accept end the goal
+    same_failure: int = 10  # the same (category, message) this often ends the goal
+    no_progress: int = 20  # this many verdicts in a row without an accept end the goal
     escalation_ttl_s: float = 3600.0
     escalation_default: str = "abort"
 
@@ -186,7 +186,7 @@ class Planner:
         if task.kind == "compensation":
             return self._compensation_verdict(conn, goal, task, event)
         if goal.status == "compensating":
-            return []  # the goal is being rolled back: this step's fate no longer matters
+            return self._settle_in_flight(conn, goal, task, event)
         # While one step waits for a human, independent branches go on.
         return self._action_verdict(conn, goal, task, event)
 
@@ -212,8 +212,22 @@ class Planner:
             category="task_failed",
             message=f"step {task.step_id} failed: {verdict.reason}",
             failed=task,
-            partial=attempt["category"] == "partial",
+            partial=_left_effects(attempt),
         )
+
+    def _settle_in_flight(
+        self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
+    ) -> list[ev.Event]:
+        """A step that was running when the goal began to end: no retries now. If its tool did
+        its work, the work is kept on record so the rollback undoes it."""
+        attempt = L.last_attempt(conn, task)
+        if attempt["status"] == "completed":
+            L.succeed(conn, task, self._clock())
+        else:
+            L.fail_task(conn, task, self._clock())
+        if L.compensation_started(conn, goal.goal_id):
+            return []
+        return self._roll_back(conn, goal.goal_id, verdict.event_id)
 
     def _compensation_verdict(
         self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
@@ -239,10 +253,18 @@ class Planner:
     ) -> list[ev.Event]:
         policy = self._registry.get(task.tool).retry
         used = task.attempt - task.attempt_floor
-        if task.kind == "action":
-            ended = self._early_termination(conn, goal, verdict.event_id)
-            if ended:
-                return ended
+        stop = self._early_stop(conn, goal) if task.kind == "action" else None
+        if stop is not None:
+            L.fail_task(conn, task, self._clock())
+            return self._end(
+                conn,
+                goal,
+                verdict.event_id,
+                category=stop[0],
+                message=stop[1],
+                failed=task,
+                partial=_left_effects(L.last_attempt(conn, task)),
+            )
         if used >= policy.max_attempts:
             reason = f"step {task.step_id} failed {used} time(s): {verdict.reason}"
             if policy.escalate_when_exhausted or task.kind == "compensation":
@@ -273,17 +295,22 @@ class Planner:
         )
         return []
 
-    def _early_termination(self, conn: Connection, goal: GoalRow, cause_id: str) -> list[ev.Event]:
+    def _early_stop(self, conn: Connection, goal: GoalRow) -> tuple[str, str] | None:
+        """Why a runaway goal should end now instead of retrying, as (category, message)."""
         failures, decisions = L.history_of(conn, goal.goal_id)
         if decide.repeated_failure(failures, self._limits.same_failure):
             category, message = failures[-1]
             times = self._limits.same_failure
-            text = f"the same failure happened {times} times: {category}: {message}"
-            return self._end(conn, goal, cause_id, category="repeated_failure", message=text)
+            return (
+                "repeated_failure",
+                f"the same failure happened {times} times: {category}: {message}",
+            )
         if decide.no_progress(decisions, self._limits.no_progress):
-            text = f"no step succeeded in the last {self._limits.no_progress} verdicts"
-            return self._end(conn, goal, cause_id, category="no_progress", message=text)
-        return []
+            return (
+                "no_progress",
+                f"no step succeeded in the last {self._limits.no_progress} verdicts",
+            )
+        return None
 
     # -- escalations -----------------------------------------------------------------------------
 
@@ -375,7 +402,7 @@ class Planner:
             conn.execute(
                 "update tasks set attempt_floor = attempt where task_id = %s", (task.task_id,)
             )
-            note = "retry requested by a human" + (f", with {values}" if values else "")
+            note = HUMAN_RETRY + (f", with {values}" if values else "")
             return self._dispatch(conn, goal, [task], cause_id, feedback=note)
         return self._abort(conn, goal, task, cause_id)
 
@@ -402,7 +429,7 @@ class Planner:
             category="aborted",
             message=f"step {task.step_id} aborted",
             failed=task,
-            partial=attempt["category"] == "partial",
+            partial=_left_effects(attempt),
         )
 
     def on_timer(self, conn: Connection, timer: dict[str, Any]) -> list[ev.Event]:
@@ -524,7 +551,8 @@ class Planner:
             arguments = resolve_arguments(task.arguments, results)
             attempt = L.dispatch(conn, goal.goal_id, task, arguments, feedback)
             _dispatch_span(goal.goal_id, task, attempt)
-            goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
+            if task.kind == "action":
+                goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
             out.append(self._assignment(goal, task, attempt, arguments, cause_id, feedback))
         return out
 
@@ -584,26 +612,43 @@ class Planner:
         failed: TaskRow | None = None,
         partial: bool = False,
     ) -> list[ev.Event]:
-        """End the goal: roll back per its compensation policy first, when there is anything."""
+        """End the goal: no more dispatches; roll back per its compensation policy first."""
         if goal.ending is not None:
             return []  # already ending
-        tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
+        ending = {
+            "status": status,
+            "category": category,
+            "message": message,
+            "failed": failed.step_id if failed else None,
+            "partial": partial,
+        }
+        L.cancel_waiting_actions(conn, goal.goal_id)
+        L.set_goal(conn, goal.goal_id, "compensating", ending)
+        L.drop_escalations(conn, goal.goal_id)
+        return self._roll_back(conn, goal.goal_id, cause_id)
+
+    def _roll_back(self, conn: Connection, goal_id: str, cause_id: str | None) -> list[ev.Event]:
+        """Once no step is in flight any more (a running step's effects must be known before they
+        can be undone), start the compensation chain, or finish when there is nothing to undo."""
+        goal = _locked(conn, goal_id)
+        ending = goal.ending or {}
+        tasks = L.tasks_of(conn, goal_id, goal.plan_version)
+        if any(t.status in ("dispatched", "evaluating") for t in tasks):
+            return []  # the in-flight steps' verdicts call back here
+        failed = next((t for t in tasks if t.step_id == ending.get("failed")), None)
         undo = saga.to_undo(
             tasks,
             policy=goal.compensation_policy,
             registry=self._registry,
             failed=failed,
-            failed_partially=partial,
+            failed_partially=bool(ending.get("partial")),
         )
         if not undo:
-            L.drop_escalations(conn, goal.goal_id)
-            return self._finish_failed(conn, goal, cause_id, status, category, message, [])
+            return self._finish_failed(
+                conn, goal, cause_id, ending["status"], ending["category"], ending["message"], []
+            )
         L.insert_compensations(conn, goal, [self._compensation(conn, t) for t in undo])
-        L.cancel_open_actions(conn, goal.goal_id)
-        ending = {"status": status, "category": category, "message": message}
-        L.set_goal(conn, goal.goal_id, "compensating", ending)
-        L.drop_escalations(conn, goal.goal_id)
-        return self._advance(conn, goal.goal_id, cause_id or "")
+        return self._advance(conn, goal_id, cause_id or "")
 
     def _compensation(
         self, conn: Connection, step: TaskRow
@@ -662,6 +707,12 @@ class Planner:
             correlation_id=goal_id,
             causation_id=cause_id or None,
         )
+
+
+def _left_effects(attempt: dict[str, Any]) -> bool:
+    """Whether a step that failed for good left effects to undo: it did part of its work, or its
+    tool completed and the result was rejected (or aborted) afterwards."""
+    return bool(attempt["category"] == "partial" or attempt["status"] == "completed")
 
 
 def _locked(conn: Connection, goal_id: str) -> GoalRow:

@@ -153,10 +153,11 @@ def dispatch(
         "values (%s, %s, 'dispatched', %s, %s)",
         (task.task_id, attempt, Jsonb(arguments), feedback),
     )
-    conn.execute(
-        "update goals set steps_used = steps_used + 1 where goal_id = %s",
-        (goal_id,),
-    )
+    if task.kind == "action":  # the step budget counts work, not the rollback of it
+        conn.execute(
+            "update goals set steps_used = steps_used + 1 where goal_id = %s",
+            (goal_id,),
+        )
     return attempt
 
 
@@ -512,10 +513,19 @@ def drop_escalations(conn: Connection, goal_id: str) -> None:
     )
 
 
-def cancel_open_actions(conn: Connection, goal_id: str) -> None:
-    """Action steps not yet done will not be: the goal is being rolled back."""
+def cancel_waiting_actions(conn: Connection, goal_id: str) -> None:
+    """Action steps not started (or waiting to start again) will not run: the goal is ending.
+    Steps in flight are left to finish, so their effects are known before the rollback."""
     conn.execute(
         "update tasks set status = 'cancelled' where goal_id = %s and kind = 'action' and status "
-        "in ('pending', 'dispatched', 'evaluating', 'waiting_retry', 'waiting_human')",
+        "in ('pending', 'waiting_retry', 'waiting_human')",
         (goal_id,),
     )
+
+
+def compensation_started(conn: Connection, goal_id: str) -> bool:
+    row = conn.execute(
+        "select exists (select 1 from tasks where goal_id = %s and kind = 'compensation')",
+        (goal_id,),
+    ).fetchone()
+    return bool(row and row[0])

@@ -57,9 +57,9 @@ class MeshSettings(BaseSettings):
     sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
     lease_ttl_s: float = Field(10.0, gt=0)
     worker_concurrency: int = Field(8, ge=1)
-    same_failure_limit: int = Field(5, ge=1, description="the same failure this often ends a goal")
+    same_failure_limit: int = Field(10, ge=1, description="the same failure this often ends a goal")
     no_progress_limit: int = Field(
-        12, ge=1, description="verdicts without an accept that end a goal"
+        20, ge=1, description="verdicts without an accept that end a goal"
     )
     escalation_ttl_s: float = Field(3600.0, gt=0, description="how long a human has to answer")
     escalation_default: Literal["approve", "retry", "abort"] = "abort"

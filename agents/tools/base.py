@@ -60,6 +60,10 @@ class InvalidArgumentsError(ToolError):
     category = "invalid_arguments"
 
 
+HUMAN_RETRY = "retry requested by a human"
+"""How the feedback of an attempt a human asked for begins."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a failed call is repeated."""

@@ -8,7 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.tools.base import PermanentToolError, ToolContext, tool
+from agents.tools.base import (
+    PermanentToolError,
+    RetryPolicy,
+    ToolContext,
+    TransientToolError,
+    tool,
+)
 
 
 class PauseArgs(BaseModel):
@@ -51,4 +57,19 @@ def echo(args: EchoArgs, ctx: ToolContext) -> EchoResult:
     return EchoResult(value=args.value)
 
 
-BUILTIN_TOOLS = (pause, echo)
+class FlakyArgs(BaseModel):
+    fail_times: int = Field(
+        0, ge=0, description="fail transiently while the attempt is this or less"
+    )
+    value: Any = None
+
+
+@tool(retry=RetryPolicy(max_attempts=4, initial_delay_s=2.0, factor=2.0, max_delay_s=30.0))
+def flaky(args: FlakyArgs, ctx: ToolContext) -> EchoResult:
+    """Fail with a transient error on the first ``fail_times`` attempts, then echo the value."""
+    if ctx.attempt <= args.fail_times:
+        raise TransientToolError(f"flaky: attempt {ctx.attempt} of {args.fail_times} failing")
+    return EchoResult(value=args.value)
+
+
+BUILTIN_TOOLS = (pause, echo, flaky)

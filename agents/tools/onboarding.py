@@ -29,6 +29,7 @@ from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.tools.base import (
+    HUMAN_RETRY,
     Check,
     PartialToolError,
     PermanentToolError,
@@ -67,6 +68,7 @@ class Simulate(BaseModel):
     partial_after: int | None = Field(None, ge=0)
     delay_s: float = Field(0.0, ge=0)
     invalid_result: bool = False
+    down: bool = False  # transient failures until a human answers the escalation with retry/set
     # Read by the offline engine's judgement, not by the tool (see docs/tools.md).
     confidence: float | None = Field(None, ge=0, le=1)
     replan: bool = False
@@ -94,6 +96,8 @@ def _simulated(tool_name: str, ctx: ToolContext) -> Simulate:
             f"{switches.fail_times} failing)",
             details={"attempt": ctx.attempt},
         )
+    if switches.down and not (ctx.feedback or "").startswith(HUMAN_RETRY):
+        raise TransientToolError(f"{tool_name} is down (simulated, until a human retries)")
     return switches
 
 
