@@ -537,14 +537,17 @@ class Planner:
         *,
         feedback: str | None,
     ) -> list[ev.Event]:
-        results = decide.results_by_step(L.tasks_of(conn, goal.goal_id, goal.plan_version))
+        tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
+        results = decide.results_by_step(tasks)
+        busy = decide.in_flight(tasks)
         out: list[ev.Event] = []
         for task in ready:
             if task.kind == "action":  # compensations run whatever the budget: they clean up
+                if decide.one_at_a_time(goal) and (busy or out):
+                    L.requeue(conn, task)  # the next verdict dispatches it
+                    continue
                 problem = decide.budget_problem(goal, self._clock())
-                if (
-                    problem is not None
-                ):  # checked before every dispatch: never over by more than one
+                if problem is not None:  # checked before every dispatch
                     return out + self._end(
                         conn, goal, cause_id, category=problem[0], message=problem[1]
                     )

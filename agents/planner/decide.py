@@ -89,3 +89,15 @@ def no_progress(decisions: Sequence[str], limit: int) -> bool:
     """True when none of the last ``limit`` verdicts accepted anything."""
     recent = decisions[-limit:]
     return len(recent) >= limit and "accept" not in recent
+
+
+def in_flight(tasks: Sequence[TaskRow]) -> bool:
+    """Whether an action step is running or being judged."""
+    return any(t.kind == "action" and t.status in ("dispatched", "evaluating") for t in tasks)
+
+
+def one_at_a_time(goal: GoalRow) -> bool:
+    """A goal with a token or cost ceiling runs one step at a time: what a step will spend is
+    known only after it ran, so this is what keeps the overshoot to at most that one step.
+    Goals bounded only by steps and deadline fan out freely."""
+    return goal.max_tokens is not None or goal.budget_usd is not None

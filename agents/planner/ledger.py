@@ -529,3 +529,12 @@ def compensation_started(conn: Connection, goal_id: str) -> bool:
         (goal_id,),
     ).fetchone()
     return bool(row and row[0])
+
+
+def requeue(conn: Connection, task: TaskRow) -> None:
+    """A step that may not start yet goes back to pending (a retry keeps its attempt count)."""
+    conn.execute(
+        "update tasks set status = 'pending' where task_id = %s and status in "
+        "('pending', 'waiting_retry')",
+        (task.task_id,),
+    )

@@ -107,3 +107,47 @@ def test_a_worker_that_dies_mid_task_is_noticed_and_the_task_retried(
         (handle.goal_id,),
     )
     assert first[0][0] == "lease_expired"
+
+
+def test_a_retry_scheduled_before_every_agent_died_fires_after_restart_not_before(
+    mesh_settings: MeshSettings, tmp_path: Path
+) -> None:
+    env = agent_env(mesh_settings, tmp_path)
+    fleet = Fleet(env=env, log_dir=tmp_path / "logs")
+    for name in ("planner", "worker", "evaluator"):
+        fleet.add(name, name)
+    step = {"id": "f", "tool": "flaky", "arguments": {"fail_times": 1, "value": "ok"}}
+    with MeshClient(mesh_settings) as client:
+        with fleet:
+            wait_groups(mesh_settings, {"planner": 1, "worker-all": 1, "evaluator": 1})
+            goal = client.submit("flaky once", input=steps_input(step))
+            timer = assert_eventually(
+                lambda: ledger_rows(
+                    mesh_settings,
+                    "select timer_id, due_at from timers where goal_id = %s and kind = 'retry'",
+                    (goal.goal_id,),
+                ),
+                timeout=30,
+                what="the retry scheduled",
+            )[0]
+            for member in fleet.members:
+                member.kill()  # every agent, at once, while the retry waits
+        (pending,) = ledger_rows(
+            mesh_settings,
+            "select fired_at, now() < due_at from timers where timer_id = %s",
+            (timer[0],),
+        )
+        assert pending[0] is None  # nobody fired it
+        restarted = Fleet(env=env, log_dir=tmp_path / "logs-2")
+        for name in ("planner", "worker", "evaluator"):
+            restarted.add(name, name)
+        with restarted:
+            final = goal.client.handle(goal.goal_id).wait(60)
+    assert final.status == "completed", final
+    ((fired, due, dispatched),) = ledger_rows(
+        mesh_settings,
+        "select t.fired_at, t.due_at, a.dispatched_at from timers t join attempts a "
+        "on a.task_id = t.task_id and a.attempt = 2 where t.timer_id = %s",
+        (timer[0],),
+    )
+    assert fired >= due and dispatched >= due
