@@ -58,6 +58,9 @@ def _submit(args: argparse.Namespace, settings: MeshSettings) -> int:
             input=_read_input(args.input),
             max_steps=args.max_steps,
             budget_usd=args.budget_usd,
+            max_tokens=args.max_tokens,
+            confidence_threshold=args.confidence_threshold,
+            compensation_policy=args.compensation_policy,
             deadline_s=args.deadline,
             submitted_by="cli",
         )
@@ -148,6 +151,9 @@ def add_commands(sub: Any) -> None:
     sub_.add_argument("--input", help="JSON object file for the tools, or - for stdin")
     sub_.add_argument("--max-steps", type=int, default=25)
     sub_.add_argument("--budget-usd", type=float)
+    sub_.add_argument("--max-tokens", type=int)
+    sub_.add_argument("--confidence-threshold", type=float, default=0.0)
+    sub_.add_argument("--compensation-policy", choices=("all", "dependents", "none"), default="all")
     sub_.add_argument("--deadline", type=float, help="seconds from now")
     sub_.add_argument("--wait", action="store_true", help="follow the goal until it settles")
     sub_.add_argument("--timeout", type=float, default=120.0)

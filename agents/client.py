@@ -95,6 +95,8 @@ class MeshClient:
         budget_usd: float | None = None,
         deadline_s: float | None = None,
         confidence_threshold: float = 0.0,
+        max_replans: int = 2,
+        compensation_policy: str = "all",
         submitted_by: str = "sdk",
         goal_id: str | None = None,
     ) -> GoalHandle:
@@ -110,6 +112,8 @@ class MeshClient:
             budget_usd=budget_usd,
             deadline_at=deadline,
             confidence_threshold=confidence_threshold,
+            max_replans=max_replans,
+            compensation_policy=compensation_policy,
             submitted_by=submitted_by,
         )
         with tracer.start_as_current_span(f"goal {goal_id}"):  # the root of the goal's trace
