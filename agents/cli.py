@@ -1,4 +1,4 @@
-"""The ``mesh`` command: stack checks, topics, schemas, and (later) agents and clients.
+"""The ``mesh`` command: agents, goals, escalations, the demo, topics and schemas.
 
 Run ``mesh --help``. Configuration comes from the environment (``agents.runtime.settings``);
 wrong configuration ends the command at once with exit code 2 and a message naming the fix.

@@ -139,13 +139,20 @@ def cancel(args: argparse.Namespace, settings: MeshSettings) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register run, submit, status, tail and cancel on the ``mesh`` parser."""
+    """Register run, submit, status, cancel, escalations, resolve, history and tail."""
+    for add in (_add_run, _add_submit, _add_goal_commands, _add_escalations, _add_follow):
+        add(sub)
+
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run an agent process")
     run.add_argument("role", choices=("planner", "worker", "evaluator"))
     run.add_argument("--pool", help="worker: comma-separated capability pools (default: all)")
     run.add_argument("--concurrency", type=int, help="worker: tasks run at once")
     run.set_defaults(func=run_agent)
 
+
+def _add_submit(sub: Any) -> None:
     sub_ = sub.add_parser("submit", help="submit a goal")
     sub_.add_argument("text")
     sub_.add_argument("--input", help="JSON object file for the tools, or - for stdin")
@@ -160,6 +167,8 @@ def add_commands(sub: Any) -> None:
     sub_.add_argument("--json", action="store_true")
     sub_.set_defaults(func=submit)
 
+
+def _add_goal_commands(sub: Any) -> None:
     st = sub.add_parser("status", help="a goal's state from the ledger")
     st.add_argument("goal_id")
     st.add_argument("--json", action="store_true")
@@ -170,6 +179,8 @@ def add_commands(sub: Any) -> None:
     ca.add_argument("--reason", default="")
     ca.set_defaults(func=cancel)
 
+
+def _add_escalations(sub: Any) -> None:
     esc = sub.add_parser("escalations", help="open questions to humans")
     esc.add_argument("--goal")
     esc.add_argument("--all", action="store_true", help="answered ones too")
@@ -192,6 +203,8 @@ def add_commands(sub: Any) -> None:
     res.add_argument("--by", default="cli")
     res.set_defaults(func=resolve)
 
+
+def _add_follow(sub: Any) -> None:
     hist = sub.add_parser("history", help="a goal's events, read back from Kafka alone")
     hist.add_argument("goal_id")
     hist.add_argument("--json", action="store_true")
