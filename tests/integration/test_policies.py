@@ -326,3 +326,37 @@ def _assert_rolled_back(mesh: Mesh, name: str) -> None:
     )
     assert org[2] is not None
     assert list((mesh.sandbox / "tenants" / org[1]).glob("*.json")) == []
+
+
+def test_a_replan_verdict_makes_a_new_plan_that_keeps_completed_steps(mesh: Mesh) -> None:
+    first = {"id": "a", "tool": "echo", "arguments": {"value": "kept"}}
+    bad = {
+        "id": "b",
+        "tool": "validate_customer_data",
+        "depends_on": ["a"],
+        "arguments": {"company": "X", "email": "nobody", "plan": "gold", "seats": 0},
+    }
+    other_way = {"id": "c", "tool": "echo", "arguments": {"value": "rerouted"}, "depends_on": ["a"]}
+    goal = mesh.client.submit(
+        "needs another way",
+        input=steps_input(
+            first,
+            bad,
+            fallback_steps=[first, other_way],
+            simulate={"validate_customer_data": {"replan": True}},
+        ),
+    )
+    final = goal.wait(60)
+    assert final.status == "completed", final
+    assert {t.step_id for t in final.tasks} == {"a", "c"}
+    (plan,) = ledger_rows(
+        mesh.settings, "select plan_version, replans from goals where goal_id = %s", (goal.goal_id,)
+    )
+    assert plan == (2, 1)
+    runs = ledger_rows(
+        mesh.settings,
+        "select t.plan_version, t.step_id, count(a.attempt) from tasks t left join attempts a "
+        "using (task_id) where t.goal_id = %s group by 1, 2 order by 1, 2",
+        (goal.goal_id,),
+    )
+    assert runs == [(1, "a", 1), (1, "b", 1), (2, "a", 0), (2, "c", 1)]  # a ran once, in v1
