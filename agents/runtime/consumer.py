@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 from agents.events import DeadLetter, Envelope, Event, Header
 from agents.runtime.crash import crashpoint
 from agents.runtime.errors import Category, PermanentError, PoisonRecord, TransientError
-from agents.runtime.kafka import consumer_config
+from agents.runtime.kafka import consumer_config, fetch
 from agents.runtime.logs import bind
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -163,7 +163,7 @@ class ConsumerRuntime:
 
     def poll_batch(self, timeout: float = 1.0) -> int:
         """Consume one batch and handle it; returns how many records were finished."""
-        messages = self._consumer.consume(self._settings.consume_batch, timeout)
+        messages = fetch(self._consumer, self._settings.consume_batch, timeout)
         finished: list[Delivery] = []
         items: list[Item] = []
         try:

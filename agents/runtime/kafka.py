@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.errors import ConfigError
@@ -105,3 +105,13 @@ def watermarks(
             if not settling or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def fetch(consumer: Consumer, most: int, timeout: float) -> list[Message]:
+    """Up to ``most`` records: wait up to ``timeout`` for the first, then take what has already
+    arrived without waiting. (``Consumer.consume(n, timeout)`` waits for all ``n`` or the whole
+    timeout, which adds the timeout to every hop when traffic is light.)"""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(most - 1, 0)] if most > 1 else [first]
