@@ -199,6 +199,7 @@ class Registry:
 
     def __init__(self, tools: Iterable[Tool[Any, Any]] = ()) -> None:
         self._tools: dict[str, Tool[Any, Any]] = {}
+        self._specs: list[dict[str, Any]] | None = None
         for t in tools:
             self.register(t)
 
@@ -206,6 +207,7 @@ class Registry:
         if t.name in self._tools:
             raise ValueError(f"tool {t.name!r} registered twice")
         self._tools[t.name] = t
+        self._specs = None
 
     def get(self, name: str) -> Tool[Any, Any]:
         try:
@@ -222,4 +224,7 @@ class Registry:
         return iter(self._tools.values())
 
     def specs(self) -> list[dict[str, Any]]:
-        return [t.spec() for t in self._tools.values() if not t.name.startswith("_")]
+        """Every tool's engine-facing description (built once: JSON schemas are not cheap)."""
+        if self._specs is None:
+            self._specs = [t.spec() for t in self._tools.values() if not t.name.startswith("_")]
+        return self._specs

@@ -32,6 +32,7 @@ from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResour
 
 log = logging.getLogger(__name__)
 AGENT = "worker"
+_REMEMBERED_GOALS = 4096
 
 
 class ToolTimeoutError(ToolError):
@@ -69,6 +70,7 @@ class Worker:
         max_parallel_tools: int = 16,
     ) -> None:
         self._cancelled = cancelled
+        self._inputs: dict[str, dict[str, Any]] = {}
         self._scopes = None if scopes is None else frozenset(scopes)
         self._registry = registry
         self._resources = resources
@@ -151,9 +153,18 @@ class Worker:
         )
 
     def _goal_input(self, goal_id: str) -> dict[str, Any]:
+        """The goal's input (never changes once submitted, so it is remembered per goal)."""
+        known = self._inputs.get(goal_id)
+        if known is not None:
+            return known
         with self._resources.db.connection() as conn:
             row = conn.execute("select input from goals where goal_id = %s", (goal_id,)).fetchone()
-        return dict(row[0]) if row else {}
+        found = dict(row[0]) if row else {}
+        if row:
+            if len(self._inputs) >= _REMEMBERED_GOALS:
+                self._inputs.pop(next(iter(self._inputs)))
+            self._inputs[goal_id] = found
+        return found
 
     def _completed(
         self, event: ev.TaskAssigned, started: datetime, result: BaseModel
