@@ -17,7 +17,7 @@ help: ## list the targets
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
 venv: $(BIN)/.installed ## create the Python environment with every dependency
@@ -55,6 +55,9 @@ check: lint typecheck ## every static gate
 
 schemas: venv ## rewrite the .avsc files from the event models (refuses incompatible changes)
 	$(BIN)/mesh schemas export
+
+bench: venv ## benchmarks: the mesh against raw Kafka and peers (QUICK=1: about 1 minute)
+	$(STACK) with-stack -- $(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean: down ## stop the stack and delete its data and the Python environment
 	rm -rf .mesh $(VENV) infra/kafka/target

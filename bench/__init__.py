@@ -1,0 +1,1 @@
+"""Benchmarks: the mesh against the raw Kafka ceiling and against peer orchestrators."""

@@ -1,0 +1,301 @@
+"""The raw ceiling (R0) and the real mesh (M), on the same broker and message sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from agents import events as ev
+from agents.runtime.fleet import Fleet
+from agents.runtime.kafka import client_config, consumer_config, fetch, producer_config
+from agents.runtime.publisher import Publisher
+from agents.runtime.settings import MeshSettings
+from bench.driver import SHAPES, Flight, run_flight
+from bench.model import LaneRun, ProcessUsage
+from bench.procs import self_usage, since, usage
+from schemas.codec import Codec
+from topics.admin import ensure
+
+TIMEOUT_S = 300.0
+
+
+def _task_payload() -> bytes:
+    """A TaskAssigned as the mesh encodes it: the raw lanes move records of the same size."""
+    return Codec().encode(
+        ev.TaskAssigned(
+            envelope=ev.Envelope(goal_id=ev.new_id()),
+            task_id=ev.new_id(),
+            plan_version=1,
+            step_id="s0",
+            tool="echo",
+            arguments={"value": 0},
+            idempotency_key=ev.new_id(),
+        )
+    )
+
+
+# -- R0: the raw relay ------------------------------------------------------------------------
+
+
+def run_raw(
+    settings: MeshSettings, *, shape: str, goals: int, in_flight: int, log_dir: Path
+) -> LaneRun:
+    """Three hops per task (task, result, verdict) through two relay processes; the driver
+    plays the planner. No decoding, no database."""
+    prefix = f"bench.{uuid.uuid4().hex[:8]}."
+    names = [f"{prefix}{n}" for n in ("tasks", "results", "verdicts")]
+    admin = AdminClient(client_config(settings, client_id="bench"))
+    for future in admin.create_topics([NewTopic(n, 12, 1) for n in names]).values():
+        future.result()
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers}
+    relays = [
+        _spawn(
+            ["-m", "bench.relay", names[0], names[1], f"{prefix}worker"],
+            env,
+            log_dir / "relay-1.log",
+        ),
+        _spawn(
+            ["-m", "bench.relay", names[1], names[2], f"{prefix}evaluator"],
+            env,
+            log_dir / "relay-2.log",
+        ),
+    ]
+    try:
+        return _drive_raw(
+            settings, names, shape=shape, goals=goals, in_flight=in_flight, relays=relays
+        )
+    finally:
+        for proc in relays:
+            proc.terminate()
+            proc.wait(15)
+        admin.delete_topics(names)
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+class _RawDriver:
+    """Plays the planner for the raw lane: sends tasks, counts verdicts, times round trips."""
+
+    def __init__(self, settings: MeshSettings, names: list[str], shape: str) -> None:
+        self._names = names
+        self._shape = shape
+        self._per_goal = SHAPES[shape]
+        self._payload = _task_payload()
+        self._producer = Producer(producer_config(settings, client_id="bench-driver"))
+        self.consumer = Consumer(
+            consumer_config(settings, client_id="bench-driver", group_id=f"{names[0]}-driver")
+        )
+        self.consumer.subscribe([names[2]])
+        self._progress: dict[str, int] = {}
+        self.overheads: list[float] = []
+
+    def _send(self, goal_id: str, step: int) -> None:
+        now = str(time.perf_counter()).encode()
+        key = f"{goal_id}:{step}".encode()
+        self._producer.produce(self._names[0], self._payload, key, headers=[("t", now)])
+
+    def submit(self, n: int) -> str:
+        goal_id = f"g{n}"
+        self._progress[goal_id] = 0
+        for step in range(1 if self._shape == "chain" else self._per_goal):
+            self._send(goal_id, step)
+        self._producer.poll(0)
+        return goal_id
+
+    def poll(self) -> list[str]:
+        self._producer.flush()
+        finished = []
+        for message in fetch(self.consumer, 1000, 0.05):
+            if message.error():
+                continue
+            goal_id = (message.key() or b":").decode().split(":")[0]
+            sent = _header(message.headers(), "t")
+            self.overheads.append(time.perf_counter() - float(sent))
+            self._progress[goal_id] += 1
+            if self._progress[goal_id] == self._per_goal:
+                finished.append(goal_id)
+            elif self._shape == "chain":
+                self._send(goal_id, self._progress[goal_id])
+        return finished
+
+
+def _header(headers: Any, name: str) -> str:
+    for key, value in headers or []:
+        if key == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def _drive_raw(
+    settings: MeshSettings,
+    names: list[str],
+    *,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    relays: list[subprocess.Popen[bytes]],
+) -> LaneRun:
+    driver = _RawDriver(settings, names, shape)
+    _warm_up(driver.submit, driver.poll)
+    flight = Flight(goals=goals, in_flight=in_flight)
+    driver.overheads.clear()
+
+    def sample() -> list[ProcessUsage]:
+        return [usage(p.pid, f"relay-{i + 1}") for i, p in enumerate(relays)] + [
+            self_usage("driver")
+        ]
+
+    before = sample()
+    wall = run_flight(
+        flight, submit=lambda n: driver.submit(n + 1_000_000), poll=driver.poll, timeout=TIMEOUT_S
+    )
+    procs = since(before, sample())
+    driver.consumer.close()
+    return LaneRun(
+        lane="R0",
+        shape=shape,
+        goals=goals,
+        tasks=goals * SHAPES[shape],
+        load="single" if in_flight == 1 else f"in_flight:{in_flight}",
+        wall_s=wall,
+        goal_latencies_s=flight.latencies,
+        task_overheads_s=driver.overheads,
+        processes=procs,
+        durability="acks=all, idempotent producer, offsets stored after delivery",
+    )
+
+
+def _warm_up(submit: Any, poll: Any) -> None:
+    """One goal through every hop first, so group joins are not in the measurement."""
+    flight = Flight(goals=1, in_flight=1)
+    run_flight(flight, submit=submit, poll=poll, timeout=60)
+
+
+# -- M: the mesh ------------------------------------------------------------------------------
+
+
+def run_mesh(
+    settings: MeshSettings, *, shape: str, goals: int, in_flight: int, workers: int, log_dir: Path
+) -> LaneRun:
+    """The real planner, workers and evaluator processes, ledger and all; tools are instant."""
+    settings = settings.model_copy(update={"topic_prefix": f"bench.{uuid.uuid4().hex[:8]}."})
+    ensure(settings)
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "REDIS_URL": settings.redis_url.get_secret_value(),
+        "MESH_TOPIC_PREFIX": settings.topic_prefix,
+        "MESH_TRACE_FILE": str(log_dir / "traces.jsonl"),
+    }
+    fleet = Fleet(env=env, log_dir=log_dir)
+    fleet.add("planner", "planner")
+    for n in range(workers):
+        fleet.add(f"worker-{n + 1}", "worker")
+    fleet.add("evaluator", "evaluator")
+    with fleet:
+        return _drive_mesh(settings, fleet, shape=shape, goals=goals, in_flight=in_flight)
+
+
+def _goal_input(shape: str) -> dict[str, Any]:
+    count = SHAPES[shape]
+    steps = [
+        {
+            "id": f"s{n}",
+            "tool": "echo",
+            "arguments": {"value": n},
+            "depends_on": [f"s{n - 1}"] if shape == "chain" and n else [],
+        }
+        for n in range(count)
+    ]
+    return {"playbook": "steps", "steps": steps}
+
+
+def _drive_mesh(
+    settings: MeshSettings, fleet: Fleet, *, shape: str, goals: int, in_flight: int
+) -> LaneRun:
+    codec = Codec()
+    publisher = Publisher(settings=settings, codec=codec, client_id="bench-driver")
+    consumer = Consumer(
+        consumer_config(
+            settings, client_id="bench-driver", group_id=f"{settings.topic_prefix}driver"
+        )
+    )
+    consumer.subscribe([f"{settings.topic_prefix}results"])
+    goal_input = _goal_input(shape)
+    ids: list[str] = []
+
+    def submit(n: int) -> str:
+        goal_id = ev.new_id()
+        publisher.publish(
+            ev.GoalSubmitted(
+                envelope=ev.Envelope(goal_id=goal_id), text="bench", input=goal_input, max_steps=100
+            )
+        )
+        publisher.flush()
+        ids.append(goal_id)
+        return goal_id
+
+    def poll() -> list[str]:
+        finished = []
+        for message in fetch(consumer, 1000, 0.05):
+            if message.error():
+                continue
+            kind = _header(message.headers(), "mesh-type")
+            if kind == "mesh.GoalCompleted":
+                finished.append(codec.decode(message.value()).goal_id)
+            elif kind == "mesh.GoalFailed":
+                raise RuntimeError(f"a benchmark goal failed: {codec.decode(message.value())}")
+        return finished
+
+    _warm_up(submit, poll)
+    warm = list(ids)
+    flight = Flight(goals=goals, in_flight=in_flight)
+
+    def sample() -> list[ProcessUsage]:
+        return [usage(m.proc.pid, m.name) for m in fleet.members if m.proc] + [self_usage("driver")]
+
+    before = sample()
+    wall = run_flight(flight, submit=submit, poll=poll, timeout=TIMEOUT_S)
+    procs = since(before, sample())
+    consumer.close()
+    return LaneRun(
+        lane="M",
+        shape=shape,
+        goals=goals,
+        tasks=goals * SHAPES[shape],
+        load="single" if in_flight == 1 else f"in_flight:{in_flight}",
+        wall_s=wall,
+        goal_latencies_s=flight.latencies,
+        task_overheads_s=_overheads(settings, [i for i in ids if i not in warm]),
+        processes=procs,
+        durability="ledger commit per batch (fsync on), outbox, acks=all, idempotent producer",
+    )
+
+
+def _overheads(settings: MeshSettings, goal_ids: list[str]) -> list[float]:
+    """Dispatch → verdict of every attempt, the tool's own run time excluded, from the ledger."""
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        rows = conn.execute(
+            "select extract(epoch from (v.created_at - a.dispatched_at) "
+            "- (a.finished_at - a.started_at)) "
+            "from attempts a join tasks t using (task_id) "
+            "join verdicts v on v.task_id = a.task_id and v.attempt = a.attempt "
+            "where t.goal_id = any(%s)",
+            (goal_ids,),
+        ).fetchall()
+    return [float(r[0]) for r in rows if r[0] is not None]

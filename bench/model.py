@@ -1,0 +1,54 @@
+"""What one benchmark lane run measured, in a form every lane (ours and the peers') fills in."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ProcessUsage:
+    """CPU seconds and peak resident memory of one process over the run."""
+
+    name: str
+    cpu_s: float
+    peak_rss_mb: float
+    role: str = "lane"  # lane | infra (broker, database, cache: reported separately)
+
+
+@dataclass
+class LaneRun:
+    """One run of one lane at one load."""
+
+    lane: str  # R0, R1, R2, M, celery, dbos
+    shape: str  # chain | fanout
+    goals: int
+    tasks: int
+    load: str  # "single" (one task in flight), "rate:<tasks/s>", or "saturation"
+    wall_s: float
+    goal_latencies_s: list[float] = field(default_factory=list)
+    task_overheads_s: list[float] = field(default_factory=list)  # dispatch → verdict, tool excluded
+    processes: list[ProcessUsage] = field(default_factory=list)
+    end_lag: int = 0  # records still unconsumed at the end (Kafka lanes)
+    durability: str = ""  # what survives a crash, in a few words
+    notes: str = ""
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.tasks / self.wall_s if self.wall_s > 0 else 0.0
+
+    def lane_cpu_us_per_task(self) -> float:
+        cpu = sum(p.cpu_s for p in self.processes if p.role == "lane")
+        return cpu / self.tasks * 1e6 if self.tasks else 0.0
+
+    def infra_cpu_us_per_task(self) -> float:
+        """Broker, database and cache CPU during the run (start-up of the lane included)."""
+        cpu = sum(p.cpu_s for p in self.processes if p.role == "infra")
+        return cpu / self.tasks * 1e6 if self.tasks else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tasks_per_s"] = self.tasks_per_s
+        data["lane_cpu_us_per_task"] = self.lane_cpu_us_per_task()
+        data["infra_cpu_us_per_task"] = self.infra_cpu_us_per_task()
+        return data

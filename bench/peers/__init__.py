@@ -1,0 +1,1 @@
+"""Peer orchestrators run on the same DAG shapes as the mesh: Celery and DBOS."""

@@ -1,0 +1,66 @@
+"""CPU time and peak memory of processes, read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.model import ProcessUsage
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def usage(pid: int, name: str, role: str = "lane") -> ProcessUsage:
+    """CPU seconds (user + system, children included) and peak RSS of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime are fields 14-17 of the line, 12-15 after the command name.
+    cpu = sum(int(x) for x in fields[11:15]) / _TICKS
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return ProcessUsage(name=name, cpu_s=cpu, peak_rss_mb=peak, role=role)
+
+
+def self_usage(name: str) -> ProcessUsage:
+    return usage(os.getpid(), name)
+
+
+def since(before: list[ProcessUsage], after: list[ProcessUsage]) -> list[ProcessUsage]:
+    """CPU spent between two samples of the same processes (start-up and warm-up left out);
+    the peak memory is the later sample's."""
+    start = {p.name: p.cpu_s for p in before}
+    return [
+        ProcessUsage(p.name, p.cpu_s - start.get(p.name, 0.0), p.peak_rss_mb, p.role) for p in after
+    ]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def infra_usage(pids: dict[str, int]) -> list[ProcessUsage]:
+    """The stack's servers (role "infra"), a server's live child processes included (Postgres
+    runs a process per connection)."""
+    out = []
+    for name, pid in pids.items():
+        members = [usage(p, name, role="infra") for p in [pid, *_children(pid)] if _alive(p)]
+        out.append(
+            ProcessUsage(
+                name, sum(m.cpu_s for m in members), max(m.peak_rss_mb for m in members), "infra"
+            )
+        )
+    return out
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").exists()

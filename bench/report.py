@@ -1,0 +1,89 @@
+"""The benchmark's table, ratios and plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.model import LaneRun
+from bench.stats import percentile, ratio
+
+_HEAD = (
+    f"{'lane':<7}{'shape':<7}{'load':<13}{'goals':>6}{'tasks/s':>9}{'ovh p50':>9}{'p95':>8}"
+    f"{'p99':>8}{'goal p50':>10}{'cpu µs/t':>10}{'infra':>8}{'rss MB':>8}"
+)
+
+
+def table(runs: list[LaneRun]) -> str:
+    """One line per run; latencies in milliseconds."""
+    lines = [_HEAD, "-" * len(_HEAD)]
+    for r in runs:
+        o = r.task_overheads_s
+        peak = max((p.peak_rss_mb for p in r.processes if p.role == "lane"), default=0.0)
+        lines.append(
+            f"{r.lane:<7}{r.shape:<7}{r.load:<13}{r.goals:>6}{r.tasks_per_s:>9.0f}"
+            f"{_ms(percentile(o, 50)):>9}{_ms(percentile(o, 95)):>8}{_ms(percentile(o, 99)):>8}"
+            f"{_ms(percentile(r.goal_latencies_s, 50)):>10}"
+            f"{r.lane_cpu_us_per_task():>10.0f}{r.infra_cpu_us_per_task():>8.0f}{peak:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+def _find(runs: list[LaneRun], lane: str, shape: str, single: bool) -> LaneRun | None:
+    for r in runs:
+        if (
+            r.lane == lane
+            and r.shape == shape
+            and (r.load == "single") == single
+            and "workers" not in r.notes
+        ):
+            return r
+    return None
+
+
+def ratios(runs: list[LaneRun]) -> dict[str, Any]:
+    """M against R0 and the peers, per shape: throughput at saturation, latency at one in flight."""
+    out: dict[str, Any] = {}
+    for shape in ("chain", "fanout"):
+        m_sat, m_one = _find(runs, "M", shape, False), _find(runs, "M", shape, True)
+        if m_sat is None or m_one is None:
+            continue
+        row: dict[str, float] = {}
+        for other in ("R0", "celery", "dbos"):
+            sat, one = _find(runs, other, shape, False), _find(runs, other, shape, True)
+            if sat is not None:
+                row[f"M/{other} throughput"] = ratio(m_sat.tasks_per_s, sat.tasks_per_s)
+            if one is not None:
+                for q in (50, 99):
+                    row[f"M/{other} goal latency p{q}"] = ratio(
+                        percentile(m_one.goal_latencies_s, q), percentile(one.goal_latencies_s, q)
+                    )
+        out[shape] = row
+    return out
+
+
+def render_png(runs: list[LaneRun], path: Path) -> None:
+    """Tasks per second at saturation per lane and shape (bar chart)."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        print("bench: matplotlib is not installed (pip install .[bench]); no plot")
+        return
+    saturated = [r for r in runs if r.load != "single" and "workers" not in r.notes]
+    labels = [f"{r.lane}\n{r.shape}" for r in saturated]
+    fig, ax = plt.subplots(figsize=(max(6, len(labels) * 0.9), 4))
+    ax.bar(labels, [r.tasks_per_s for r in saturated], color="#4c72b0")
+    ax.set_yscale("log")  # the raw ceiling is orders of magnitude above the rest
+    ax.set_ylabel("tasks/s at saturation (log scale)")
+    ax.set_title("agent mesh (M) against raw Kafka (R0) and peers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

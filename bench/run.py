@@ -1,0 +1,159 @@
+"""``make bench``: every lane on the same broker, shapes and message sizes, in one run.
+
+    python -m bench.run [--quick] [--out bench-results]
+
+Lanes alternate per shape, so drift on a shared machine hits them alike. Writes a table to the
+terminal, ``results.json`` and ``results.png`` under the output folder. Benchmarks report; they
+never fail a test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.runtime.services import check_all
+from agents.runtime.settings import MeshSettings
+from bench.lanes import run_mesh, run_raw
+from bench.model import LaneRun
+from bench.procs import infra_usage, since
+from bench.report import ratios, render_png, table
+from infra.stack import StackConfig, running_pids
+
+
+@dataclass(frozen=True)
+class Plan:
+    single_goals: int
+    saturation_goals: dict[str, int]
+    in_flight: int
+    workers: tuple[int, ...]
+
+
+QUICK = Plan(
+    single_goals=10, saturation_goals={"chain": 100, "fanout": 20}, in_flight=50, workers=(2,)
+)
+FULL = Plan(
+    single_goals=40,
+    saturation_goals={"chain": 1000, "fanout": 150},
+    in_flight=200,
+    workers=(1, 2, 4),
+)
+
+Lane = Callable[..., LaneRun]
+
+
+def _lanes(settings: MeshSettings, logs: Path) -> dict[str, Lane]:
+    lanes: dict[str, Lane] = {
+        "R0": lambda **kw: run_raw(settings, log_dir=logs / "r0", **kw),
+        "M": lambda workers=2, **kw: run_mesh(settings, workers=workers, log_dir=logs / "m", **kw),
+    }
+    lanes.update(_peers(settings))
+    return lanes
+
+
+def _peers(settings: MeshSettings) -> dict[str, Lane]:
+    """Celery and DBOS, when their optional packages are installed (``pip install .[bench]``)."""
+    peers: dict[str, Lane] = {}
+    try:
+        from bench.peers.celery_lane import run_celery  # noqa: PLC0415
+
+        redis_url = settings.redis_url.get_secret_value()
+        peers["celery"] = lambda workers=2, **kw: run_celery(
+            redis_url=redis_url, workers=workers, **kw
+        )
+    except ImportError as exc:
+        print(f"bench: no Celery lane ({exc})", file=sys.stderr)
+    try:
+        from bench.peers.dbos_lane import run_dbos  # noqa: PLC0415
+
+        db_url = settings.database_url.get_secret_value()
+        peers["dbos"] = lambda workers=2, **kw: run_dbos(database_url=db_url, workers=workers, **kw)
+    except ImportError as exc:
+        print(f"bench: no DBOS lane ({exc})", file=sys.stderr)
+    return peers
+
+
+def run(plan: Plan, out: Path) -> list[LaneRun]:
+    settings = MeshSettings()
+    check_all(settings)
+    lanes = _lanes(settings, out / "logs")
+    runs: list[LaneRun] = []
+    for shape in ("chain", "fanout"):
+        for name, lane in lanes.items():  # lanes alternate within each shape and load
+            runs.append(_one(name, lane, shape=shape, goals=plan.single_goals, in_flight=1))
+        for name, lane in lanes.items():
+            goals = plan.saturation_goals[shape]
+            runs.append(_one(name, lane, shape=shape, goals=goals, in_flight=plan.in_flight))
+    for workers in plan.workers:
+        if workers != 2:  # the scaling series: the mesh with 1 and 4 workers besides 2
+            goals = plan.saturation_goals["chain"]
+            runs.append(
+                _one(
+                    "M",
+                    lanes["M"],
+                    shape="chain",
+                    goals=goals,
+                    in_flight=plan.in_flight,
+                    workers=workers,
+                )
+            )
+    return runs
+
+
+def _one(name: str, lane: Lane, **kw: Any) -> LaneRun:
+    began = time.monotonic()
+    print(f"bench: {name} {kw} ...", file=sys.stderr, flush=True)
+    pids = running_pids(StackConfig.from_env())
+    infra_before = infra_usage(pids)
+    result = lane(**kw)
+    result.processes += since(infra_before, infra_usage(pids))
+    if "workers" in kw:  # the scaling series
+        result.notes = f"{kw['workers']} workers. {result.notes}".strip()
+        result.load = f"{result.load} w{kw['workers']}"
+    print(
+        f"bench: {name} done in {time.monotonic() - began:.1f}s: {result.tasks_per_s:.0f} tasks/s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = run(QUICK if args.quick else FULL, args.out)
+    summary = ratios(runs)
+    print(table(runs))
+    print(json.dumps(summary, indent=2))
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": _cpus(),
+        "quick": args.quick,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    document = {"machine": machine, "ratios": summary, "runs": [r.as_json() for r in runs]}
+    (args.out / "results.json").write_text(json.dumps(document, indent=2))
+    render_png(runs, args.out / "results.png")
+    print(f"bench: wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+    return 0
+
+
+def _cpus() -> int:
+    import os  # noqa: PLC0415
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The benchmark's statistics on known inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.model import LaneRun, ProcessUsage
+from bench.stats import percentile, ratio, summary
+
+pytestmark = pytest.mark.unit
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    values = [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert percentile(values, 0) == 10.0
+    assert percentile(values, 50) == 30.0
+    assert percentile(values, 100) == 50.0
+    assert percentile(values, 25) == 20.0
+    assert percentile(values, 90) == pytest.approx(46.0)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_order_of_the_sample_does_not_matter() -> None:
+    assert summary([5.0, 1.0, 3.0, 2.0, 4.0]) == summary([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert summary(list(map(float, range(1, 101)))) == {
+        "p50": pytest.approx(50.5),
+        "p95": pytest.approx(95.05),
+        "p99": pytest.approx(99.01),
+    }
+
+
+def test_percentile_bounds_are_checked() -> None:
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_ratios_refuse_zero_and_nan() -> None:
+    assert ratio(3000, 12000) == 0.25
+    assert math.isnan(ratio(1, 0))
+    assert math.isnan(ratio(math.nan, 2))
+
+
+def test_lane_throughput_and_cpu_per_task() -> None:
+    run = LaneRun(
+        lane="M",
+        shape="chain",
+        goals=10,
+        tasks=60,
+        load="saturation",
+        wall_s=2.0,
+        processes=[
+            ProcessUsage("planner", cpu_s=0.012, peak_rss_mb=80),
+            ProcessUsage("worker", cpu_s=0.018, peak_rss_mb=70),
+            ProcessUsage("kafka", cpu_s=5.0, peak_rss_mb=400, role="infra"),
+        ],
+    )
+    assert run.tasks_per_s == 30.0
+    assert run.lane_cpu_us_per_task() == pytest.approx(500.0)  # infra excluded
+    assert run.as_json()["tasks_per_s"] == 30.0
