@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 SHAPES = {"chain": 6, "fanout": 20}
 
 
+def peer_tasks_per_goal(shape: str) -> int:
+    """Tasks of one goal in the peer lanes, whose fan-outs end with a join task of their own."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r} (chain or fanout)")
+    return SHAPES[shape] + (1 if shape == "fanout" else 0)
+
+
 @dataclass
 class Flight:
     """Goals submitted, outstanding and done, with their latencies."""

@@ -166,17 +166,38 @@ def _drive_raw(
     )
     procs = since(before, sample())
     driver.consumer.close()
-    return LaneRun(
-        lane="R0",
-        shape=shape,
-        goals=goals,
-        tasks=goals * SHAPES[shape],
-        load="single" if in_flight == 1 else f"in_flight:{in_flight}",
-        wall_s=wall,
-        goal_latencies_s=flight.latencies,
-        task_overheads_s=driver.overheads,
+    return _result(
+        "R0",
+        shape,
+        flight,
+        wall,
+        overheads=driver.overheads,
         processes=procs,
         durability="acks=all, idempotent producer, offsets stored after delivery",
+    )
+
+
+def _result(
+    lane: str,
+    shape: str,
+    flight: Flight,
+    wall: float,
+    *,
+    overheads: list[float],
+    processes: list[ProcessUsage],
+    durability: str,
+) -> LaneRun:
+    return LaneRun(
+        lane=lane,
+        shape=shape,
+        goals=flight.goals,
+        tasks=flight.goals * SHAPES[shape],
+        load="single" if flight.in_flight == 1 else f"in_flight:{flight.in_flight}",
+        wall_s=wall,
+        goal_latencies_s=flight.latencies,
+        task_overheads_s=overheads,
+        processes=processes,
+        durability=durability,
     )
 
 
@@ -273,15 +294,12 @@ def _drive_mesh(
     wall = run_flight(flight, submit=submit, poll=poll, timeout=TIMEOUT_S)
     procs = since(before, sample())
     consumer.close()
-    return LaneRun(
-        lane="M",
-        shape=shape,
-        goals=goals,
-        tasks=goals * SHAPES[shape],
-        load="single" if in_flight == 1 else f"in_flight:{in_flight}",
-        wall_s=wall,
-        goal_latencies_s=flight.latencies,
-        task_overheads_s=_overheads(settings, [i for i in ids if i not in warm]),
+    return _result(
+        "M",
+        shape,
+        flight,
+        wall,
+        overheads=_overheads(settings, [i for i in ids if i not in warm]),
         processes=procs,
         durability="ledger commit per batch (fsync on), outbox, acks=all, idempotent producer",
     )

@@ -17,6 +17,8 @@ from typing import Any
 import redis
 from celery import Celery, chain, chord, group
 
+from bench.driver import SHAPES
+from bench.driver import peer_tasks_per_goal as tasks_per_goal
 from bench.model import LaneRun, ProcessUsage
 from bench.peers._procs import (
     Deadline,
@@ -30,9 +32,8 @@ from bench.peers._procs import (
     wait_until,
 )
 
-CHAIN_LENGTH = 6
-FANOUT_WIDTH = 20
-SHAPES = ("chain", "fanout")
+CHAIN_LENGTH = SHAPES["chain"]
+FANOUT_WIDTH = SHAPES["fanout"]
 # Celery's optimisation guide: many very short tasks want a larger prefetch than the default 4
 # so a child never idles waiting for the broker; acks_late keeps prefetched work redeliverable.
 PREFETCH_MULTIPLIER = 16
@@ -132,12 +133,6 @@ def _signature(celery_app: Any, shape: str, runnable_at: float) -> Any:
         sig(JOIN),
         app=celery_app,
     )
-
-
-def tasks_per_goal(shape: str) -> int:
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r} (chain or fanout)")
-    return CHAIN_LENGTH if shape == "chain" else FANOUT_WIDTH + 1
 
 
 # -- the worker --------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import psycopg
 from dbos import DBOS, DBOSClient, DBOSConfig, WorkflowHandle
 from psycopg import sql
 
+from bench.driver import SHAPES
+from bench.driver import peer_tasks_per_goal as tasks_per_goal
 from bench.model import LaneRun, ProcessUsage
 from bench.peers._procs import (
     Deadline,
@@ -40,9 +42,8 @@ from bench.peers._procs import (
     wait_until,
 )
 
-CHAIN_LENGTH = 6
-FANOUT_WIDTH = 20
-SHAPES = ("chain", "fanout")
+CHAIN_LENGTH = SHAPES["chain"]
+FANOUT_WIDTH = SHAPES["fanout"]
 APP_NAME = "bench_dbos"
 GOAL_QUEUE = "bench_goals"
 TASK_QUEUE = "bench_tasks"
@@ -214,12 +215,6 @@ def _drive(
     collector = _Collector(client, shape, window)
     window.run(collector.submit, collector.collect)
     return window, collector
-
-
-def tasks_per_goal(shape: str) -> int:
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r} (chain or fanout)")
-    return CHAIN_LENGTH if shape == "chain" else FANOUT_WIDTH + 1
 
 
 def _measure(
