@@ -205,6 +205,10 @@ def _add_escalations(sub: Any) -> None:
 
 
 def _add_follow(sub: Any) -> None:
+    tree = sub.add_parser("trace", help="a goal's decision tree from the ledger")
+    tree.add_argument("goal_id")
+    tree.set_defaults(func=explain)
+
     hist = sub.add_parser("history", help="a goal's events, read back from Kafka alone")
     hist.add_argument("goal_id")
     hist.add_argument("--json", action="store_true")
@@ -285,3 +289,11 @@ def resolve(args: argparse.Namespace, settings: MeshSettings) -> int:
             return 1
     print(f"{action} sent for escalation {args.escalation_id}")
     return 0
+
+
+def explain(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from agents.explain import decision_tree  # noqa: PLC0415
+
+    lines = decision_tree(settings, args.goal_id)
+    print("\n".join(lines) if lines else f"no goal {args.goal_id} in the ledger")
+    return 0 if lines else 1

@@ -51,6 +51,11 @@ def test_submit_wait_status_and_tail(mesh_settings: MeshSettings, tmp_path: Path
     assert kinds == ["mesh.TaskCompleted", "mesh.TaskEvaluated", "mesh.GoalCompleted"]
     history = mesh(env, "history", goal_id)
     assert history.returncode == 0 and "GoalSubmitted" in history.stdout
+    tree = mesh(env, "trace", goal_id)
+    assert tree.returncode == 0
+    assert "plan v1 by offline" in tree.stdout
+    assert "hello [echo]: succeeded" in tree.stdout
+    assert "verdict accept (1.00)" in tree.stdout
 
 
 def test_the_demo_completes_the_onboarding_goal(
