@@ -168,9 +168,10 @@ class Planner:
     def on_outcome(
         self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
-        goal = L.lock_goal(conn, event.goal_id)
-        if goal is not None and L.record_outcome(conn, event):
-            L.add_usage(conn, goal.goal_id, f"tool:{event.tool}", event.usage)
+        # No goal lock: the compare-and-set on the task is enough, and a goal's results arrive in
+        # order on one partition, so nothing else changes this task meanwhile.
+        if L.record_outcome(conn, event):
+            L.add_usage(conn, event.goal_id, f"tool:{event.tool}", event.usage)
         return []  # the evaluator's verdict decides what happens next
 
     def on_verdict(
@@ -526,7 +527,7 @@ class Planner:
         tasks = L.tasks_of(conn, goal_id, goal.plan_version)
         if decide.all_succeeded(tasks):
             return self._complete(conn, goal, tasks, cause_id)
-        return self._dispatch(conn, goal, decide.ready(tasks), cause_id, feedback=None)
+        return self._dispatch(conn, goal, decide.ready(tasks), cause_id, feedback=None, tasks=tasks)
 
     def _dispatch(
         self,
@@ -536,8 +537,11 @@ class Planner:
         cause_id: str | None,
         *,
         feedback: str | None,
+        tasks: list[TaskRow] | None = None,
     ) -> list[ev.Event]:
-        tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
+        """Dispatch ``ready`` (``tasks``: the plan's action steps, when the caller has them)."""
+        if tasks is None:
+            tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
         results = decide.results_by_step(tasks)
         busy = decide.in_flight(tasks)
         out: list[ev.Event] = []
