@@ -28,29 +28,39 @@ from topics.admin import ensure
 TIMEOUT_S = 300.0
 
 
+def _task(goal_id: str) -> ev.TaskAssigned:
+    return ev.TaskAssigned(
+        envelope=ev.Envelope(goal_id=goal_id),
+        task_id=ev.new_id(),
+        plan_version=1,
+        step_id="s0",
+        tool="echo",
+        arguments={"value": 0},
+        idempotency_key=ev.new_id(),
+    )
+
+
 def _task_payload() -> bytes:
     """A TaskAssigned as the mesh encodes it: the raw lanes move records of the same size."""
-    return Codec().encode(
-        ev.TaskAssigned(
-            envelope=ev.Envelope(goal_id=ev.new_id()),
-            task_id=ev.new_id(),
-            plan_version=1,
-            step_id="s0",
-            tool="echo",
-            arguments={"value": 0},
-            idempotency_key=ev.new_id(),
-        )
-    )
+    return Codec().encode(_task(ev.new_id()))
 
 
 # -- R0: the raw relay ------------------------------------------------------------------------
 
 
 def run_raw(
-    settings: MeshSettings, *, shape: str, goals: int, in_flight: int, log_dir: Path
+    settings: MeshSettings,
+    *,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    log_dir: Path,
+    avro: bool = False,
 ) -> LaneRun:
     """Three hops per task (task, result, verdict) through two relay processes; the driver
-    plays the planner. No decoding, no database."""
+    plays the planner. No database. R0 moves bytes; R1 (``avro``) also decodes every record and
+    encodes the next event, as the mesh's roles do."""
+    flags = ["--avro"] if avro else []
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
     names = [f"{prefix}{n}" for n in ("tasks", "results", "verdicts")]
     admin = AdminClient(client_config(settings, client_id="bench"))
@@ -59,19 +69,25 @@ def run_raw(
     env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers}
     relays = [
         _spawn(
-            ["-m", "bench.relay", names[0], names[1], f"{prefix}worker"],
+            ["-m", "bench.relay", names[0], names[1], f"{prefix}worker", *flags],
             env,
             log_dir / "relay-1.log",
         ),
         _spawn(
-            ["-m", "bench.relay", names[1], names[2], f"{prefix}evaluator"],
+            ["-m", "bench.relay", names[1], names[2], f"{prefix}evaluator", *flags],
             env,
             log_dir / "relay-2.log",
         ),
     ]
     try:
+        driver = _RawDriver(settings, names, shape, Codec() if avro else None)
         return _drive_raw(
-            settings, names, shape=shape, goals=goals, in_flight=in_flight, relays=relays
+            driver,
+            "R1" if avro else "R0",
+            shape=shape,
+            goals=goals,
+            in_flight=in_flight,
+            relays=relays,
         )
     finally:
         for proc in relays:
@@ -91,7 +107,10 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 class _RawDriver:
     """Plays the planner for the raw lane: sends tasks, counts verdicts, times round trips."""
 
-    def __init__(self, settings: MeshSettings, names: list[str], shape: str) -> None:
+    def __init__(
+        self, settings: MeshSettings, names: list[str], shape: str, codec: Codec | None
+    ) -> None:
+        self._codec = codec  # R1: encode every task, decode every verdict
         self._names = names
         self._shape = shape
         self._per_goal = SHAPES[shape]
@@ -107,7 +126,8 @@ class _RawDriver:
     def _send(self, goal_id: str, step: int) -> None:
         now = str(time.perf_counter()).encode()
         key = f"{goal_id}:{step}".encode()
-        self._producer.produce(self._names[0], self._payload, key, headers=[("t", now)])
+        payload = self._payload if self._codec is None else self._codec.encode(_task(goal_id))
+        self._producer.produce(self._names[0], payload, key, headers=[("t", now)])
 
     def submit(self, n: int) -> str:
         goal_id = f"g{n}"
@@ -124,6 +144,8 @@ class _RawDriver:
             if message.error():
                 continue
             goal_id = (message.key() or b":").decode().split(":")[0]
+            if self._codec is not None:
+                self._codec.decode(message.value())
             sent = _header(message.headers(), "t")
             self.overheads.append(time.perf_counter() - float(sent))
             self._progress[goal_id] += 1
@@ -142,15 +164,14 @@ def _header(headers: Any, name: str) -> str:
 
 
 def _drive_raw(
-    settings: MeshSettings,
-    names: list[str],
+    driver: _RawDriver,
+    lane: str,
     *,
     shape: str,
     goals: int,
     in_flight: int,
     relays: list[subprocess.Popen[bytes]],
 ) -> LaneRun:
-    driver = _RawDriver(settings, names, shape)
     _warm_up(driver.submit, driver.poll)
     flight = Flight(goals=goals, in_flight=in_flight)
     driver.overheads.clear()
@@ -167,7 +188,7 @@ def _drive_raw(
     procs = since(before, sample())
     driver.consumer.close()
     return _result(
-        "R0",
+        lane,
         shape,
         flight,
         wall,

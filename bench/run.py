@@ -52,6 +52,7 @@ Lane = Callable[..., LaneRun]
 def _lanes(settings: MeshSettings, logs: Path) -> dict[str, Lane]:
     lanes: dict[str, Lane] = {
         "R0": lambda **kw: run_raw(settings, log_dir=logs / "r0", **kw),
+        "R1": lambda **kw: run_raw(settings, log_dir=logs / "r1", avro=True, **kw),
         "M": lambda workers=2, **kw: run_mesh(settings, workers=workers, log_dir=logs / "m", **kw),
     }
     lanes.update(_peers(settings))
