@@ -1,10 +1,9 @@
-"""Keeping a number of goals in flight and timing them: shared by the raw and the mesh lanes."""
+"""Keeping a number of goals in flight and timing them, within a deadline: shared by every lane."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 SHAPES = {"chain": 6, "fanout": 20}
 
@@ -16,50 +15,74 @@ def peer_tasks_per_goal(shape: str) -> int:
     return SHAPES[shape] + (1 if shape == "fanout" else 0)
 
 
-@dataclass
-class Flight:
-    """Goals submitted, outstanding and done, with their latencies."""
+LANE_DEADLINE_S = 180.0  # no peer lane run may take longer than this, start-up included
 
-    goals: int
-    in_flight: int
-    started: dict[str, float] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-    submitted: int = 0
 
-    def top_up(self, submit: Callable[[int], str]) -> None:
-        """Submit goals until ``in_flight`` are outstanding or all were submitted."""
-        while self.submitted < self.goals and len(self.started) < self.in_flight:
-            goal_id = submit(self.submitted)
-            self.started[goal_id] = time.perf_counter()
-            self.submitted += 1
+class LaneTimeout(TimeoutError):
+    """A lane did not finish inside its deadline."""
 
-    def done(self, goal_id: str) -> None:
-        began = self.started.pop(goal_id, None)
+
+class Deadline:
+    """One wall-clock budget for a whole lane run, checked at every wait."""
+
+    def __init__(self, what: str, seconds: float = LANE_DEADLINE_S) -> None:
+        self.what = what
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+    def check(self) -> None:
+        if self.left() <= 0:
+            raise LaneTimeout(f"{self.what} did not finish within {self.seconds:.0f} s")
+
+
+class Window:
+    """At most in_flight goals outstanding; each goal's latency is submit → result seen."""
+
+    def __init__(self, *, goals: int, in_flight: int, deadline: Deadline) -> None:
+        self.goals = goals
+        self.in_flight = max(1, in_flight)
+        self.deadline = deadline
+        self.submitted_at: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.results: list[object] = []
+        self.next_goal = 0
+
+    def refill(self, submit: Callable[[int], str]) -> None:
+        """Submit goals until in_flight are outstanding or none are left."""
+        while self.next_goal < self.goals and len(self.submitted_at) < self.in_flight:
+            started = time.perf_counter()
+            key = submit(self.next_goal)
+            self.submitted_at[key] = started
+            self.next_goal += 1
+
+    def done(self, key: str, result: object = None, at: float | None = None) -> None:
+        """Goal ``key`` finished; a goal this window did not submit (a warm-up's) is ignored."""
+        began = self.submitted_at.pop(key, None)
         if began is not None:
-            self.latencies.append(time.perf_counter() - began)
+            self.latencies.append((at or time.perf_counter()) - began)
+            self.results.append(result)
 
-    @property
     def finished(self) -> bool:
-        return len(self.latencies) >= self.goals
+        return self.next_goal >= self.goals and not self.submitted_at
 
+    def run(self, submit: Callable[[int], str], collect: Callable[[list[str]], None]) -> float:
+        """Drive every goal to completion; collect(outstanding) must call done() for the goals
+        it sees finish and return soon when none do. Returns the wall time."""
+        began = time.perf_counter()
+        while not self.finished():
+            self.deadline.check()
+            self.refill(submit)
+            collect(list(self.submitted_at))
+        return time.perf_counter() - began
 
-def run_flight(
-    flight: Flight,
-    *,
-    submit: Callable[[int], str],
-    poll: Callable[[], list[str]],
-    timeout: float,
-) -> float:
-    """Drive goals to completion; returns the wall time. ``poll`` returns goals just finished."""
-    began = time.perf_counter()
-    deadline = began + timeout
-    flight.top_up(submit)
-    while not flight.finished:
-        if time.perf_counter() > deadline:
-            raise TimeoutError(
-                f"{len(flight.latencies)} of {flight.goals} goals done in {timeout:g}s"
-            )
-        for goal_id in poll():
-            flight.done(goal_id)
-        flight.top_up(submit)
-    return time.perf_counter() - began
+    def run_polling(self, submit: Callable[[int], str], poll: Callable[[], list[str]]) -> float:
+        """``run`` with a ``poll`` that returns the goals it saw finish."""
+
+        def collect(_outstanding: list[str]) -> None:
+            for key in poll():
+                self.done(key)
+
+        return self.run(submit, collect)

@@ -19,8 +19,8 @@ from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import client_config, consumer_config, fetch, producer_config
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
-from bench.driver import SHAPES, Flight, run_flight
-from bench.model import LaneRun, ProcessUsage
+from bench.driver import SHAPES, Deadline, Window
+from bench.model import LaneRun, ProcessUsage, load_label
 from bench.procs import self_usage, since, usage
 from schemas.codec import Codec
 from topics.admin import ensure
@@ -173,7 +173,7 @@ def _drive_raw(
     relays: list[subprocess.Popen[bytes]],
 ) -> LaneRun:
     _warm_up(driver.submit, driver.poll)
-    flight = Flight(goals=goals, in_flight=in_flight)
+    flight = Window(goals=goals, in_flight=in_flight, deadline=Deadline(lane, TIMEOUT_S))
     driver.overheads.clear()
 
     def sample() -> list[ProcessUsage]:
@@ -182,9 +182,7 @@ def _drive_raw(
         ]
 
     before = sample()
-    wall = run_flight(
-        flight, submit=lambda n: driver.submit(n + 1_000_000), poll=driver.poll, timeout=TIMEOUT_S
-    )
+    wall = flight.run_polling(lambda n: driver.submit(n + 1_000_000), driver.poll)
     procs = since(before, sample())
     driver.consumer.close()
     return _result(
@@ -201,7 +199,7 @@ def _drive_raw(
 def _result(
     lane: str,
     shape: str,
-    flight: Flight,
+    flight: Window,
     wall: float,
     *,
     overheads: list[float],
@@ -213,7 +211,7 @@ def _result(
         shape=shape,
         goals=flight.goals,
         tasks=flight.goals * SHAPES[shape],
-        load="single" if flight.in_flight == 1 else f"in_flight:{flight.in_flight}",
+        load=load_label(flight.in_flight),
         wall_s=wall,
         goal_latencies_s=flight.latencies,
         task_overheads_s=overheads,
@@ -224,8 +222,7 @@ def _result(
 
 def _warm_up(submit: Any, poll: Any) -> None:
     """One goal through every hop first, so group joins are not in the measurement."""
-    flight = Flight(goals=1, in_flight=1)
-    run_flight(flight, submit=submit, poll=poll, timeout=60)
+    Window(goals=1, in_flight=1, deadline=Deadline("the warm-up", 60)).run_polling(submit, poll)
 
 
 # -- M: the mesh ------------------------------------------------------------------------------
@@ -306,13 +303,13 @@ def _drive_mesh(
 
     _warm_up(submit, poll)
     warm = list(ids)
-    flight = Flight(goals=goals, in_flight=in_flight)
+    flight = Window(goals=goals, in_flight=in_flight, deadline=Deadline("M", TIMEOUT_S))
 
     def sample() -> list[ProcessUsage]:
         return [usage(m.proc.pid, m.name) for m in fleet.members if m.proc] + [self_usage("driver")]
 
     before = sample()
-    wall = run_flight(flight, submit=submit, poll=poll, timeout=TIMEOUT_S)
+    wall = flight.run_polling(submit, poll)
     procs = since(before, sample())
     consumer.close()
     return _result(

@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def load_label(in_flight: int) -> str:
+    """How a run's load is named in every lane: one goal in flight, or how many."""
+    return "single" if in_flight <= 1 else f"in_flight:{in_flight}"
+
+
 @dataclass
 class ProcessUsage:
     """CPU seconds and peak resident memory of one process over the run."""
@@ -24,7 +29,7 @@ class LaneRun:
     shape: str  # chain | fanout
     goals: int
     tasks: int
-    load: str  # "single" (one task in flight), "rate:<tasks/s>", or "saturation"
+    load: str  # load_label(): "single" or "in_flight:<goals>"
     wall_s: float
     goal_latencies_s: list[float] = field(default_factory=list)
     task_overheads_s: list[float] = field(default_factory=list)  # dispatch → verdict, tool excluded

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from bench.driver import Deadline, LaneTimeout
 from bench.model import ProcessUsage
 from bench.procs import usage
 
@@ -18,27 +19,6 @@ STOP_GRACE_S = 10.0
 KILL_WAIT_S = 5.0
 # Workers import bench.* from the checkout, whatever directory the driver was started in.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LANE_DEADLINE_S = 180.0  # no peer lane run may take longer than this, start-up included
-
-
-class LaneTimeout(TimeoutError):
-    """A peer lane did not finish inside its deadline."""
-
-
-class Deadline:
-    """One wall-clock budget for a whole lane run, checked at every wait."""
-
-    def __init__(self, what: str, seconds: float = LANE_DEADLINE_S) -> None:
-        self.what = what
-        self.seconds = seconds
-        self.ends = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.ends - time.monotonic()
-
-    def check(self) -> None:
-        if self.left() <= 0:
-            raise LaneTimeout(f"{self.what} did not finish within {self.seconds:.0f} s")
 
 
 def python_argv(*args: str) -> list[str]:
@@ -139,41 +119,3 @@ def wait_until(ready: Callable[[], bool], *, deadline: Deadline, what: str) -> N
         if deadline.left() <= 0:
             raise LaneTimeout(f"{what} within {deadline.seconds:.0f} s")
         time.sleep(0.1)
-
-
-class Window:
-    """At most in_flight goals outstanding; each goal's latency is submit → result seen."""
-
-    def __init__(self, *, goals: int, in_flight: int, deadline: Deadline) -> None:
-        self.goals = goals
-        self.in_flight = max(1, in_flight)
-        self.deadline = deadline
-        self.submitted_at: dict[str, float] = {}
-        self.latencies: list[float] = []
-        self.results: list[object] = []
-        self.next_goal = 0
-
-    def refill(self, submit: Callable[[int], str]) -> None:
-        """Submit goals until in_flight are outstanding or none are left."""
-        while self.next_goal < self.goals and len(self.submitted_at) < self.in_flight:
-            started = time.perf_counter()
-            key = submit(self.next_goal)
-            self.submitted_at[key] = started
-            self.next_goal += 1
-
-    def done(self, key: str, result: object, at: float | None = None) -> None:
-        self.latencies.append((at or time.perf_counter()) - self.submitted_at.pop(key))
-        self.results.append(result)
-
-    def finished(self) -> bool:
-        return self.next_goal >= self.goals and not self.submitted_at
-
-    def run(self, submit: Callable[[int], str], collect: Callable[[list[str]], None]) -> float:
-        """Drive every goal to completion; collect(outstanding) must call done() for the goals
-        it sees finish and return soon when none do. Returns the wall time."""
-        began = time.perf_counter()
-        while not self.finished():
-            self.deadline.check()
-            self.refill(submit)
-            collect(list(self.submitted_at))
-        return time.perf_counter() - began

@@ -27,15 +27,12 @@ import psycopg
 from dbos import DBOS, DBOSClient, DBOSConfig, WorkflowHandle
 from psycopg import sql
 
-from bench.driver import SHAPES
+from bench.driver import SHAPES, Deadline, LaneTimeout, Window
 from bench.driver import peer_tasks_per_goal as tasks_per_goal
-from bench.model import LaneRun, ProcessUsage
+from bench.model import LaneRun, ProcessUsage, load_label
 from bench.peers._procs import (
-    Deadline,
     DriverUsage,
-    LaneTimeout,
     TreeUsage,
-    Window,
     python_argv,
     spawn,
     stop,
@@ -261,7 +258,7 @@ def run_dbos(
         shape=shape,
         goals=goals,
         tasks=goals * tasks_per_goal(shape),
-        load="single" if in_flight <= 1 else "saturation",
+        load=load_label(in_flight),
         wall_s=wall,
         goal_latencies_s=window.latencies,
         task_overheads_s=collector.overheads,
