@@ -71,7 +71,9 @@ class Planner:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         draw: Callable[[], float] = random.random,
         on_cancel: Callable[[str], None] | None = None,
+        mesh: str = "",
     ) -> None:
+        self.mesh = mesh  # the topic prefix: goals taken in here are this mesh's
         self._engine = engine
         self._registry = registry
         self._limits = limits or Limits()
@@ -95,7 +97,7 @@ class Planner:
     def on_submitted(
         self, event: ev.GoalSubmitted, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
-        if not L.insert_goal(conn, event, _traceparent(delivery)):
+        if not L.insert_goal(conn, event, _traceparent(delivery), self.mesh):
             return []  # the same goal submitted again: it is already in hand
         goal = _locked(conn, event.goal_id)
         planned = self._plan(conn, goal, event.event_id)
@@ -155,7 +157,7 @@ class Planner:
     ) -> list[ev.Event]:
         """An event this planner could not handle ends its goal as failed, never stuck."""
         if isinstance(event, ev.GoalSubmitted):
-            L.insert_goal(conn, event, None)
+            L.insert_goal(conn, event, None, self.mesh)
         goal = L.lock_goal(conn, event.goal_id)
         if goal is None or goal.status not in LIVE:
             return []

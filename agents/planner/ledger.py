@@ -26,13 +26,15 @@ _TASK_COLUMNS = (
 )
 
 
-def insert_goal(conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | None) -> bool:
+def insert_goal(
+    conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | None, mesh: str
+) -> bool:
     """Record a new goal; False when it is already known (a repeated submission)."""
     row = conn.execute(
         "insert into goals (goal_id, text, input, status, max_steps, max_tokens, budget_usd, "
         "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at, "
-        "max_replans, compensation_policy) "
-        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "max_replans, compensation_policy, mesh) "
+        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "on conflict (goal_id) do nothing returning goal_id",
         (
             goal.goal_id,
@@ -48,6 +50,7 @@ def insert_goal(conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | No
             goal.envelope.occurred_at,
             goal.max_replans,
             goal.compensation_policy,
+            mesh,
         ),
     ).fetchone()
     return row is not None
@@ -405,14 +408,16 @@ def schedule(
     )
 
 
-def due_timers(conn: Connection, limit: int = 200) -> list[dict[str, Any]]:
-    """Timers whose time has come, locked for this transaction (other planners skip them)."""
+def due_timers(conn: Connection, mesh: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Timers of ``mesh``'s goals whose time has come, locked for this transaction (other
+    planners skip them)."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select timer_id, goal_id, kind, task_id, escalation_id, payload from timers "
-            "where fired_at is null and due_at <= now() order by goal_id, due_at "
-            "limit %s for update skip locked",
-            (limit,),
+            "select t.timer_id, t.goal_id, t.kind, t.task_id, t.escalation_id, t.payload "
+            "from timers t join goals g using (goal_id) "
+            "where t.fired_at is null and t.due_at <= now() and g.mesh = %s "
+            "order by t.goal_id, t.due_at limit %s for update of t skip locked",
+            (mesh, limit),
         ).fetchall()
         if rows:
             cur.execute(

@@ -82,6 +82,7 @@ def run(settings: MeshSettings) -> int:
             escalation_default=settings.escalation_default,
         ),
         on_cancel=lambda goal_id: _flag(app, cancelled + goal_id),
+        mesh=settings.topic_prefix,
     )
     sweep(app.db, app.publisher, older_than_s=0)  # what a previous planner left unsent
     leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)

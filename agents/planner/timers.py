@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def fire_due(pool: ConnectionPool, publisher: Publisher, planner: Planner) -> int:
     """Handle every timer that has come due; returns how many fired."""
     with pool.connection() as conn, conn.transaction():
-        timers = L.due_timers(conn)
+        timers = L.due_timers(conn, planner.mesh)
         records: list[Outgoing] = []
         for timer in timers:
             try:

@@ -84,6 +84,7 @@ def test_no_goal_exceeds_its_budgets_by_more_than_one_step(
         engine=OfflineEngine(),
         registry=default_registry(),
         clock=lambda: datetime.now(UTC) - timedelta(hours=1),
+        mesh=f"property.{ev.new_id()}.",  # its timers only: other tests' goals share the ledger
     )
     goal = ev.GoalSubmitted(
         envelope=ev.Envelope(goal_id=ev.new_id()),
@@ -134,7 +135,7 @@ def _run(conn: psycopg.Connection[Any], call: Any) -> list[ev.Event]:
 
 
 def _fire(planner: Planner, conn: psycopg.Connection[Any]) -> list[ev.Event]:
-    return [e for timer in L.due_timers(conn) for e in planner.on_timer(conn, timer)]
+    return [e for timer in L.due_timers(conn, planner.mesh) for e in planner.on_timer(conn, timer)]
 
 
 def _worker_and_evaluator(

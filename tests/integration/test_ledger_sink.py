@@ -13,6 +13,7 @@ from agents import events as ev
 from agents.engines.offline import OfflineEngine
 from agents.ledger.db import Connection, open_pool
 from agents.ledger.outbox import LedgerSink, store, sweep
+from agents.planner import ledger as L  # noqa: N812
 from agents.planner.agent import Planner
 from agents.runtime.consumer import ConsumerRuntime, Delivery
 from agents.runtime.publisher import Publisher
@@ -131,3 +132,16 @@ def test_a_goal_the_planner_cannot_handle_fails_instead_of_hanging(
     assert isinstance(failed, ev.GoalFailed) and failed.goal_id == goal.goal_id
     (letter,) = [Codec().decode(m.value()) for m in read_all(mesh_settings, "deadletters")]
     assert isinstance(letter, ev.DeadLetter) and letter.category == "handler_error"
+
+
+def test_a_planner_fires_only_the_timers_of_its_own_mesh(pool: ConnectionPool) -> None:
+    """Meshes with other topic prefixes may share the ledger; their timers are not ours."""
+    goal = ev.GoalSubmitted(envelope=ev.Envelope(goal_id=unique("goal-")), text="scoped")
+    ours, theirs = unique("mesh-a."), unique("mesh-b.")
+    with pool.connection() as conn, conn.transaction():
+        L.insert_goal(conn, goal, None, ours)
+        L.schedule(conn, goal.goal_id, "retry", ev.now(), task_id="t", payload={"attempt": 1})
+    with pool.connection() as conn, conn.transaction():
+        assert L.due_timers(conn, theirs) == []
+    with pool.connection() as conn, conn.transaction():
+        assert [t["goal_id"] for t in L.due_timers(conn, ours)] == [goal.goal_id]
