@@ -132,7 +132,9 @@ def _answer(
     client.resolve(question.escalation_id, answer, resolved_by="demo")
     print(f"demo: answered --{answer}")
     deadline = time.monotonic() + timeout
-    while client.escalations(goal_id=goal_id) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and any(
+        e.escalation_id == question.escalation_id for e in client.escalations(goal_id=goal_id)
+    ):
         time.sleep(0.1)  # the planner has not taken the answer in yet
     return client.handle(goal_id).wait(timeout, on_change=progress.show)
 

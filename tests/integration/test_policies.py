@@ -138,7 +138,7 @@ def test_billing_down_escalates_then_a_human_retry_completes_it(mesh: Mesh) -> N
     assert question.step_id == "billing" and question.evidence["category"] == "transient"
     assert question.options == ["approve", "retry", "abort", "set"]
     mesh.client.resolve(question.escalation_id, "retry", resolved_by="test")
-    final = _after_answer(mesh, handle.goal_id)
+    final = _after_answer(mesh, handle.goal_id, question.escalation_id)
     assert final.status == "completed"
     rows = attempts(mesh, handle.goal_id, "billing")
     assert rows[-1][:4] == (limit + 1, "completed", None, "accept")
@@ -155,7 +155,7 @@ def test_billing_down_aborted_by_a_human_rolls_back_in_reverse_order(mesh: Mesh)
     assert handle.wait(90).status == "waiting_human"
     (question,) = mesh.client.escalations(goal_id=handle.goal_id)
     mesh.client.resolve(question.escalation_id, "abort", resolved_by="test")
-    final = _after_answer(mesh, handle.goal_id)
+    final = _after_answer(mesh, handle.goal_id, question.escalation_id)
     assert (final.status, final.error_category) == ("failed", "aborted")
     history = goal_history(mesh.settings, handle.goal_id)
     assert compensations(history) == ["undo_infrastructure", "undo_organisation"]
@@ -210,7 +210,7 @@ def test_low_confidence_escalates_and_each_answer_does_what_it_says(
     assert "confidence 0.30 is below the threshold 0.80" in question.reason
     values = {"value": 42} if answer == "set" else None
     mesh.client.resolve(question.escalation_id, answer, values=values, resolved_by="test")
-    final = _after_answer(mesh, goal.goal_id)
+    final = _after_answer(mesh, goal.goal_id, question.escalation_id)
     rows = attempts(mesh, goal.goal_id, "say")
     if answer == "approve":
         assert final.status == "completed" and len(rows) == 1
@@ -305,16 +305,15 @@ def test_late_results_of_a_superseded_attempt_change_nothing(mesh: Mesh) -> None
     assert after[0][2] == {"value": "ok"}
 
 
-def _after_answer(mesh: Mesh, goal_id: str) -> GoalStatus:
-    """Wait for the planner to take the answer in, then for the goal to settle again."""
-    assert_eventually(
-        lambda: (
-            not mesh.client.escalations(goal_id=goal_id)
-            or mesh.client.status(goal_id).status != "waiting_human"
-        ),
-        timeout=30,
-        what="the answer taken in",
-    )
+def _after_answer(mesh: Mesh, goal_id: str, escalation_id: str) -> GoalStatus:
+    """Wait for the planner to take the answer in (the question is no longer open; a new one
+    may already be), then for the goal to settle again."""
+
+    def answered() -> bool:
+        still_open = mesh.client.escalations(goal_id=goal_id)
+        return all(e.escalation_id != escalation_id for e in still_open)
+
+    assert_eventually(answered, timeout=30, what="the answer taken in")
     return mesh.client.handle(goal_id).wait(60)
 
 
