@@ -12,6 +12,7 @@ It reads the ledger (arguments and goal) and writes nothing there: the planner r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,13 @@ class _Context:
     threshold: float
 
 
+_CONTEXT_QUERY = "select a.arguments, g.text, g.input, g.confidence_threshold, a.task_id, a.attempt"
+
+
+def _context_of(row: tuple[Any, ...]) -> _Context:
+    return _Context(dict(row[0]), str(row[1]), dict(row[2]), float(row[3]))
+
+
 def _confident_enough(judgement: Judgement, threshold: float) -> Judgement:
     """An accept below the confidence threshold (the goal's or the tool's) goes to a human."""
     if judgement.decision != "accept" or judgement.confidence >= threshold:
@@ -59,6 +67,25 @@ class Evaluator:
         self._engine = engine
         self._registry = registry
         self._db = db
+        self._prefetched: dict[tuple[str, int], _Context] = {}
+
+    def before_batch(self, events: Sequence[ev.Event]) -> None:
+        """Read the ledger context of every outcome in the batch in one query."""
+        outcomes = [e for e in events if isinstance(e, ev.TaskCompleted | ev.TaskFailed)]
+        keys = [(e.task_id, e.attempt) for e in outcomes]
+        if not keys:
+            return
+        with self._db.connection() as conn:
+            rows = conn.execute(
+                f"{_CONTEXT_QUERY} from unnest(%s::text[], %s::int[]) as k(task_id, attempt) "
+                "join attempts a using (task_id, attempt) "
+                "join tasks t using (task_id) join goals g on g.goal_id = t.goal_id",
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            ).fetchall()
+        self._prefetched = {(str(r[4]), int(r[5])): _context_of(r) for r in rows}
+
+    def after_batch(self) -> None:
+        self._prefetched = {}
 
     def on_outcome(
         self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery
@@ -97,16 +124,18 @@ class Evaluator:
         return [verdict]
 
     def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> _Context:
+        known = self._prefetched.get((event.task_id, event.attempt))
+        if known is not None:
+            return known
         with self._db.connection() as conn:
             row = conn.execute(
-                "select a.arguments, g.text, g.input, g.confidence_threshold from attempts a "
-                "join goals g on g.goal_id = %s "
-                "where a.task_id = %s and a.attempt = %s",
-                (event.goal_id, event.task_id, event.attempt),
+                f"{_CONTEXT_QUERY} from attempts a join tasks t using (task_id) "
+                "join goals g on g.goal_id = t.goal_id where a.task_id = %s and a.attempt = %s",
+                (event.task_id, event.attempt),
             ).fetchone()
         if row is None:  # the planner commits before it dispatches, so this is a lagging replica
             raise TransientError(f"no ledger record of {event.task_id} attempt {event.attempt}")
-        return _Context(dict(row[0]), str(row[1]), dict(row[2]), float(row[3]))
+        return _context_of(row)
 
     def _request(
         self,

@@ -12,11 +12,16 @@ from agents.tools.catalogue import default_registry
 
 
 def run(settings: MeshSettings, *, concurrency: int = 4) -> int:
+    engine = engine_from_env()
+    # The offline engine judges in microseconds: threads would only add hand-offs. A model's
+    # judgements wait on the network, so several run at once.
+    if engine.name == "offline":
+        concurrency = 1
     app = AgentApp.start("evaluator", settings, db_size=concurrency + 1)
-    evaluator = Evaluator(engine=engine_from_env(), registry=default_registry(), db=app.db)
+    evaluator = Evaluator(engine=engine, registry=default_registry(), db=app.db)
     handlers: dict[type[ev.Event], Handler] = {
         ev.TaskCompleted: evaluator.on_outcome,
         ev.TaskFailed: evaluator.on_outcome,
     }
-    sink = HandlerSink(handlers, concurrency=concurrency)
+    sink = HandlerSink(handlers, concurrency=concurrency, hooks=evaluator)
     return app.serve(app.consumer(roles=("results",), sink=sink))

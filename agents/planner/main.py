@@ -6,8 +6,6 @@ import logging
 import time
 from datetime import UTC, datetime
 
-import redis
-
 from agents import events as ev
 from agents.engines.select import engine_from_env
 from agents.ledger.outbox import LedgerSink, sweep
@@ -15,7 +13,7 @@ from agents.planner.agent import Limits, Planner
 from agents.planner.timers import fire_due
 from agents.runtime.app import AgentApp
 from agents.runtime.settings import MeshSettings
-from agents.runtime.shortlived import Lease, Leases
+from agents.runtime.shortlived import CancelFlags, Lease, Leases
 from agents.tools.catalogue import default_registry
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,7 @@ def _lease_expired(lease: Lease) -> ev.TaskFailed:
 
 def run(settings: MeshSettings) -> int:
     app = AgentApp.start("planner", settings)
-    cancelled = f"{settings.topic_prefix}cancelled:"
+    flags = CancelFlags(app.redis, prefix=settings.topic_prefix)
     planner = Planner(
         engine=engine_from_env(),
         registry=default_registry(),
@@ -81,7 +79,7 @@ def run(settings: MeshSettings) -> int:
             escalation_ttl_s=settings.escalation_ttl_s,
             escalation_default=settings.escalation_default,
         ),
-        on_cancel=lambda goal_id: _flag(app, cancelled + goal_id),
+        on_cancel=flags.raise_flag,
         mesh=settings.topic_prefix,
     )
     sweep(app.db, app.publisher, older_than_s=0)  # what a previous planner left unsent
@@ -95,11 +93,3 @@ def run(settings: MeshSettings) -> int:
         tick=Housekeeping(app, leases, planner),
     )
     return app.serve(runtime)
-
-
-def _flag(app: AgentApp, key: str) -> None:
-    """Tell workers a goal was cancelled (best effort: the ledger is what stops dispatches)."""
-    try:
-        app.redis.set(key, 1, ex=86400)
-    except redis.RedisError as exc:
-        log.warning("could not flag %s: %s", key, exc)

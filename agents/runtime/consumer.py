@@ -251,21 +251,49 @@ class ConsumerRuntime:
             self._consumer.close()
 
 
+class BatchHooks(Protocol):
+    """What an agent does once per batch around its per-event handlers: fetch in one round trip
+    what they will all need, and write back together what they left behind."""
+
+    def before_batch(self, events: Sequence[Event]) -> None: ...
+
+    def after_batch(self) -> None: ...
+
+
 class HandlerSink:
     """Runs pure handlers, publishes what they return; transient failures retry in place,
     refusals and handler bugs go to dead letters. With ``concurrency`` > 1 the items of a batch
-    run on a thread pool (for slow tools); their order within the batch is then not kept."""
+    run on a thread pool (for slow tools); their order within the batch is then not kept.
 
-    def __init__(self, handlers: Mapping[type[Event], Handler], *, concurrency: int = 1) -> None:
+    ``hooks`` run before and after each batch. A failing ``before_batch`` is only logged: the
+    handlers then fetch what they need one by one."""
+
+    def __init__(
+        self,
+        handlers: Mapping[type[Event], Handler],
+        *,
+        concurrency: int = 1,
+        hooks: BatchHooks | None = None,
+    ) -> None:
         self._handlers = dict(handlers)
         self.accepts = frozenset(self._handlers)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+        self._hooks = hooks
 
     def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]:
-        if self._pool is None:
-            done = [self._finish(item, runtime) for item in items]
-        else:
-            done = list(self._pool.map(lambda item: self._finish(item, runtime), items))
+        if self._hooks is not None:
+            try:
+                self._hooks.before_batch([item.event for item in items])
+            except Exception:  # an optimisation only: the handlers fetch for themselves
+                log.exception("batch prefetch failed; handling record by record")
+        try:
+            if self._pool is None:
+                done = [self._finish(item, runtime) for item in items]
+            else:
+                done = list(self._pool.map(lambda item: self._finish(item, runtime), items))
+        finally:
+            if self._hooks is not None:
+                self._hooks.after_batch()
         return [d for d in done if d is not None]
 
     def _finish(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:

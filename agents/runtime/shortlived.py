@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 from agents.events import Event
 from agents.runtime.errors import PoisonRecord
@@ -53,15 +54,18 @@ class Leases:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self, lease: Lease) -> None:
+    def acquire(self, *leases: Lease, pipe: Pipeline | None = None) -> None:
+        """Hold ``leases`` (sent on ``pipe`` when given, for the caller to execute)."""
+        members = [lease.member() for lease in leases]
         with self._lock:
-            self._held.add(lease.member())
-        self._redis.zadd(self._key, {lease.member(): time.time() + self._ttl})
+            self._held.update(members)
+        (pipe or self._redis).zadd(self._key, dict.fromkeys(members, time.time() + self._ttl))
 
-    def release(self, lease: Lease) -> None:
+    def release(self, *leases: Lease, pipe: Pipeline | None = None) -> None:
+        members = [lease.member() for lease in leases]
         with self._lock:
-            self._held.discard(lease.member())
-        self._redis.zrem(self._key, lease.member())
+            self._held.difference_update(members)
+        (pipe or self._redis).zrem(self._key, *members)
 
     def start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
@@ -139,6 +143,13 @@ class ReplayCache:
         except redis.RedisError as exc:
             log.warning("replay cache unavailable: %s", exc)
             return None
+        return self.decode(data)
+
+    def queue_recall(self, pipe: Pipeline, kind: str, task_id: str, attempt: int) -> None:
+        """Ask for a stored event on ``pipe``; ``decode`` its answer."""
+        pipe.get(self._key(kind, task_id, attempt))
+
+    def decode(self, data: object) -> Event | None:
         if not isinstance(data, bytes):
             return None
         try:
@@ -146,10 +157,42 @@ class ReplayCache:
         except PoisonRecord:
             return None  # written by a version that is gone: do the work again
 
-    def remember(self, kind: str, task_id: str, attempt: int, event: Event) -> None:
+    def remember(
+        self, kind: str, task_id: str, attempt: int, event: Event, pipe: Pipeline | None = None
+    ) -> None:
+        """Store the event an attempt produced (on ``pipe`` when given, for the caller to
+        execute)."""
+        key, value = self._key(kind, task_id, attempt), self._codec.encode(event)
+        if pipe is not None:
+            pipe.set(key, value, ex=self._ttl)
+            return
         try:
-            self._redis.set(
-                self._key(kind, task_id, attempt), self._codec.encode(event), ex=self._ttl
-            )
+            self._redis.set(key, value, ex=self._ttl)
         except redis.RedisError as exc:
             log.warning("replay cache unavailable: %s", exc)
+
+
+class CancelFlags:
+    """Goals that were cancelled, so workers stop their tasks early (best effort: the ledger is
+    what stops dispatches, and the planner ignores late results)."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: int = 24 * 3600) -> None:
+        self._redis = client
+        self._prefix = f"{prefix}cancelled:"
+        self._ttl = ttl_s
+
+    def raise_flag(self, goal_id: str) -> None:
+        try:
+            self._redis.set(self._prefix + goal_id, 1, ex=self._ttl)
+        except redis.RedisError as exc:
+            log.warning("could not flag %s as cancelled: %s", goal_id, exc)
+
+    def is_raised(self, goal_id: str) -> bool:
+        try:
+            return bool(self._redis.exists(self._prefix + goal_id))
+        except redis.RedisError:
+            return False  # no Redis, no early stop
+
+    def queue_check(self, pipe: Pipeline, goal_id: str) -> None:
+        """Ask on ``pipe`` whether ``goal_id`` was cancelled; the answer is truthy if so."""
+        pipe.exists(self._prefix + goal_id)

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from pydantic import BaseModel
 
 from agents import events as ev
 from agents.runtime.consumer import Delivery
 from agents.runtime.crash import crashpoint
-from agents.runtime.shortlived import Lease, Leases, RateLimiter, ReplayCache
+from agents.runtime.shortlived import CancelFlags, Lease, Leases, RateLimiter, ReplayCache
 from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
 
@@ -52,8 +54,22 @@ class ForbiddenToolError(ToolError):
     category = "forbidden"
 
 
+@dataclass
+class _Batch:
+    """What ``before_batch`` fetched for a batch of tasks, and what its handlers leave behind."""
+
+    leases: dict[tuple[str, int], Lease]
+    stored: dict[tuple[str, int], ev.Event | None]
+    cancelled: set[str]
+    outcomes: list[tuple[tuple[str, int], ev.Event]] = field(default_factory=list)
+
+
+def _lease(event: ev.TaskAssigned) -> Lease:
+    return Lease(event.task_id, event.attempt, event.goal_id, event.step_id, event.tool)
+
+
 class Worker:
-    """Runs one task attempt at a time per calling thread."""
+    """Runs one task attempt at a time per calling thread; a batch's Redis calls go together."""
 
     def __init__(
         self,
@@ -63,13 +79,15 @@ class Worker:
         leases: Leases,
         limiter: RateLimiter,
         replay: ReplayCache,
+        redis_client: redis.Redis,
         worker_id: str,
         pools: Collection[str] = (),
         scopes: Collection[str] | None = None,
-        cancelled: Callable[[str], bool] = lambda goal_id: False,
+        flags: CancelFlags | None = None,
         max_parallel_tools: int = 16,
     ) -> None:
-        self._cancelled = cancelled
+        self._flags = flags
+        self._batch: _Batch | None = None
         self._inputs: dict[str, dict[str, Any]] = {}
         self._scopes = None if scopes is None else frozenset(scopes)
         self._registry = registry
@@ -77,6 +95,7 @@ class Worker:
         self._leases = leases
         self._limiter = limiter
         self._replay = replay
+        self._redis = redis_client
         self._worker_id = worker_id
         self._pools = frozenset(pools)
         # Tool calls run here so a timeout can be enforced; a call that overstays is reported
@@ -86,32 +105,86 @@ class Worker:
     def serves(self, pool: str) -> bool:
         return not self._pools or pool in self._pools
 
+    def before_batch(self, events: Sequence[ev.Event]) -> None:
+        """One Redis round trip for the whole batch: stored outcomes, cancel flags, leases."""
+        mine = [e for e in events if isinstance(e, ev.TaskAssigned) and self.serves(e.pool)]
+        if not mine:
+            return
+        goals = sorted({e.goal_id for e in mine}) if self._flags is not None else []
+        pipe = self._redis.pipeline(transaction=False)
+        for e in mine:
+            self._replay.queue_recall(pipe, "outcome", e.task_id, e.attempt)
+        for goal_id in goals:
+            assert self._flags is not None
+            self._flags.queue_check(pipe, goal_id)
+        leases = {(e.task_id, e.attempt): _lease(e) for e in mine}
+        self._leases.acquire(*leases.values(), pipe=pipe)
+        answers = pipe.execute()
+        flags = answers[len(mine) : len(mine) + len(goals)]
+        self._batch = _Batch(
+            leases=leases,
+            stored={k: self._replay.decode(v) for k, v in zip(leases, answers, strict=False)},
+            cancelled={g for g, raised in zip(goals, flags, strict=True) if raised},
+        )
+
+    def after_batch(self) -> None:
+        """Store the batch's outcomes for replay and give back its leases, in one round trip."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for (task_id, attempt), outcome in batch.outcomes:
+            self._replay.remember("outcome", task_id, attempt, outcome, pipe=pipe)
+        self._leases.release(*batch.leases.values(), pipe=pipe)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # leases lapse, replays re-run: both harmless
+            log.warning("could not store outcomes or release leases: %s", exc)
+
     def on_assigned(self, event: ev.TaskAssigned, delivery: Delivery) -> list[ev.Event]:
         if not self.serves(event.pool):
             return []  # another pool's task
-        done = self._replay.recall("outcome", event.task_id, event.attempt)
+        key = (event.task_id, event.attempt)
+        batch = self._batch if self._batch is not None and key in self._batch.leases else None
+        if batch is not None:
+            done = batch.stored.get(key)
+        else:
+            done = self._replay.recall("outcome", event.task_id, event.attempt)
         if done is not None:
             return [done]  # this attempt already ran: send the same outcome again
-        outcome = self._run(event)
-        self._replay.remember("outcome", event.task_id, event.attempt, outcome)
+        outcome = self._run(event, batch)
+        if batch is not None:
+            batch.outcomes.append((key, outcome))
+        else:
+            self._replay.remember("outcome", event.task_id, event.attempt, outcome)
         return [outcome]
 
-    def _run(self, event: ev.TaskAssigned) -> ev.TaskCompleted | ev.TaskFailed:
-        lease = Lease(event.task_id, event.attempt, event.goal_id, event.step_id, event.tool)
+    def _run(
+        self, event: ev.TaskAssigned, batch: _Batch | None
+    ) -> ev.TaskCompleted | ev.TaskFailed:
+        """Run the attempt under a lease (the batch's, or one taken and given back here)."""
+        lease = _lease(event)
         started = datetime.now(UTC)
-        self._leases.acquire(lease)
+        if batch is None:
+            self._leases.acquire(lease)
         try:
-            result = self._call(event)
+            result = self._call(event, batch)
             crashpoint("worker.after_effect")
         except ToolError as exc:
             return self._failed(event, started, exc)
         finally:
-            self._leases.release(lease)
+            if batch is None:
+                self._leases.release(lease)
         return self._completed(event, started, result)
 
-    def _call(self, event: ev.TaskAssigned) -> BaseModel:
+    def _cancelled(self, goal_id: str, batch: _Batch | None = None) -> bool:
+        if batch is not None:
+            return goal_id in batch.cancelled
+        return self._flags is not None and self._flags.is_raised(goal_id)
+
+    def _call(self, event: ev.TaskAssigned, batch: _Batch | None) -> BaseModel:
         tool = self._registry.get(event.tool)
-        if event.kind == "action" and self._cancelled(event.goal_id):
+        if event.kind == "action" and self._cancelled(event.goal_id, batch):
             raise CancelledError(f"goal {event.goal_id} was cancelled; {tool.name} did not run")
         missing = set(tool.scope) - self._scopes if self._scopes is not None else set()
         if missing:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import redis
-
 from agents import events as ev
 from agents.runtime.app import AgentApp
 from agents.runtime.consumer import HandlerSink
 from agents.runtime.settings import MeshSettings
-from agents.runtime.shortlived import Leases, RateLimiter, ReplayCache
+from agents.runtime.shortlived import CancelFlags, Leases, RateLimiter, ReplayCache
 from agents.tools.catalogue import default_registry
 from agents.worker.agent import Worker
 
@@ -27,14 +25,15 @@ def run(
         leases=leases,
         limiter=RateLimiter(app.redis, prefix=settings.topic_prefix),
         replay=ReplayCache(app.redis, prefix=settings.topic_prefix, codec=app.codec),
+        redis_client=app.redis,
         worker_id=app.client_id,
         pools=pools,
         scopes=settings.scopes(),
-        cancelled=lambda goal_id: _flagged(app, f"{settings.topic_prefix}cancelled:{goal_id}"),
+        flags=CancelFlags(app.redis, prefix=settings.topic_prefix),
         max_parallel_tools=parallel * 2,
     )
     leases.start_heartbeat()
-    sink = HandlerSink({ev.TaskAssigned: worker.on_assigned}, concurrency=parallel)
+    sink = HandlerSink({ev.TaskAssigned: worker.on_assigned}, concurrency=parallel, hooks=worker)
     # Workers of the same pools share one group; each pool set reads the tasks topic on its own.
     suffix = "-" + "-".join(sorted(pools)) if pools else "-all"
     try:
@@ -42,10 +41,3 @@ def run(
     finally:
         leases.stop_heartbeat()
         worker.close()
-
-
-def _flagged(app: AgentApp, key: str) -> bool:
-    try:
-        return bool(app.redis.exists(key))
-    except redis.RedisError:
-        return False  # no Redis, no early stop: the planner ignores late results anyway

@@ -48,6 +48,7 @@ def worker(
         leases=Leases(client, prefix=settings.topic_prefix),
         limiter=RateLimiter(client, prefix=settings.topic_prefix),
         replay=ReplayCache(client, prefix=settings.topic_prefix, codec=Codec()),
+        redis_client=client,
         worker_id="w-test",
         **kw,
     )
