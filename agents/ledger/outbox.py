@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -34,6 +34,16 @@ Refusal = Callable[[Any, str, str, Connection], Iterable[Event]]
 _RETRYABLE = (TransientError, psycopg.OperationalError)
 
 
+class LedgerHooks(Protocol):
+    """What an agent does once per batch transaction around its handlers: ``before_batch`` reads
+    (and locks) in one go what the handlers will need; ``after_batch(True)`` writes what they held
+    back, still in the transaction; ``after_batch(False)`` forgets all of it (the batch failed)."""
+
+    def before_batch(self, conn: Connection, events: Sequence[Event]) -> None: ...
+
+    def after_batch(self, completed: bool) -> None: ...
+
+
 class LedgerSink:
     """Applies batches in ledger transactions with inbox de-duplication and an outbox."""
 
@@ -44,8 +54,10 @@ class LedgerSink:
         consumer: str,
         handlers: Mapping[type[Event], LedgerHandler],
         on_refused: Refusal | None = None,
+        hooks: LedgerHooks | None = None,
     ) -> None:
         self._on_refused = on_refused
+        self._hooks = hooks
         self._pool = pool
         self._consumer = consumer
         self._handlers = dict(handlers)
@@ -80,13 +92,26 @@ class LedgerSink:
             fresh = self._first_seen(conn, items)
             try:
                 with conn.transaction():  # fast path: the whole batch at once
+                    self._begin(conn, fresh)
                     records = [r for item in fresh for r in self._run(item, conn, publisher)]
+                    self._end(completed=True)
                 refused: list[tuple[Item, str, str]] = []
             except _RETRYABLE:
                 raise
             except Exception:  # noqa: BLE001 - find the culprit record by record, in savepoints
+                self._end(completed=False)  # what the hooks held went with the savepoint
                 records, refused = self._one_by_one(fresh, conn, publisher)
+            finally:
+                self._end(completed=False)
             return store(conn, records), refused
+
+    def _begin(self, conn: Connection, items: Sequence[Item]) -> None:
+        if self._hooks is not None and items:
+            self._hooks.before_batch(conn, [item.event for item in items])
+
+    def _end(self, *, completed: bool) -> None:
+        if self._hooks is not None:
+            self._hooks.after_batch(completed)
 
     def _first_seen(self, conn: Connection, items: Sequence[Item]) -> list[Item]:
         ids = [item.event.event_id for item in items]

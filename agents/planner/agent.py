@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +40,7 @@ from agents.planner import decide, saga
 from agents.planner import ledger as L  # noqa: N812 - the ledger queries read best qualified
 from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
+from agents.planner.snapshot import Snapshot
 from agents.runtime.consumer import Delivery
 from agents.runtime.telemetry import tracer
 from agents.tools.base import HUMAN_RETRY, Registry
@@ -81,6 +82,44 @@ class Planner:
         self._draw = draw
         self._on_cancel = on_cancel
         self._pools = {t.name: t.pool for t in registry}
+        self._snapshot: Snapshot | None = None
+
+    # -- one batch at a time -----------------------------------------------------------------
+
+    def before_batch(self, conn: Connection, events: Sequence[ev.Event]) -> None:
+        """Lock and read every goal the batch is about, at once (see ``snapshot``)."""
+        self._snapshot = Snapshot.load(conn, [e.goal_id for e in events])
+
+    def after_batch(self, completed: bool) -> None:
+        """Write what the batch held back (``completed``), or forget it (the batch failed)."""
+        if completed and self._snapshot is not None:
+            self._snapshot.flush()
+        self._snapshot = None
+
+    def _goal(self, conn: Connection, goal_id: str) -> GoalRow | None:
+        """The goal, locked: from the batch's snapshot while it holds the goal."""
+        held = self._snapshot.goal(goal_id) if self._snapshot is not None else None
+        return held if held is not None else L.lock_goal(conn, goal_id)
+
+    def _tasks(self, conn: Connection, goal: GoalRow, kind: str = "action") -> list[TaskRow]:
+        held = self._snapshot.tasks(goal.goal_id, kind) if self._snapshot is not None else None
+        if held is not None:
+            return held
+        return L.tasks_of(conn, goal.goal_id, goal.plan_version, kind=kind)
+
+    def _held(self, goal_id: str) -> Snapshot | None:
+        snapshot = self._snapshot
+        return snapshot if snapshot is not None and snapshot.holds(goal_id) else None
+
+    def _held_task(self, goal_id: str, task_id: str) -> tuple[Snapshot, TaskRow] | None:
+        snapshot = self._held(goal_id)
+        task = snapshot.task(goal_id, task_id) if snapshot is not None else None
+        return (snapshot, task) if snapshot is not None and task is not None else None
+
+    def _release(self, goal_id: str) -> None:
+        """What follows changes the goal in ways the snapshot does not follow."""
+        if self._snapshot is not None:
+            self._snapshot.release(goal_id)
 
     def handlers(self) -> dict[type[ev.Event], LedgerHandler]:
         return {
@@ -142,6 +181,7 @@ class Planner:
     def on_cancelled(
         self, event: ev.GoalCancelled, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
+        self._release(event.goal_id)
         goal = L.lock_goal(conn, event.goal_id)
         if goal is None or goal.status not in LIVE or goal.ending is not None:
             return []
@@ -156,6 +196,7 @@ class Planner:
         self, event: ev.Event, category: str, reason: str, conn: Connection
     ) -> list[ev.Event]:
         """An event this planner could not handle ends its goal as failed, never stuck."""
+        self._release(event.goal_id)
         if isinstance(event, ev.GoalSubmitted):
             L.insert_goal(conn, event, None, self.mesh)
         goal = L.lock_goal(conn, event.goal_id)
@@ -170,22 +211,37 @@ class Planner:
     def on_outcome(
         self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
-        # No goal lock: the compare-and-set on the task is enough, and a goal's results arrive in
-        # order on one partition, so nothing else changes this task meanwhile.
-        if L.record_outcome(conn, event):
-            L.add_usage(conn, event.goal_id, f"tool:{event.tool}", event.usage)
+        # The compare-and-set on the task is enough (a goal's results arrive in order on one
+        # partition, so nothing else changes this task meanwhile); the snapshot makes it here.
+        held = self._held_task(event.goal_id, event.task_id)
+        if held is None:
+            recorded = L.record_outcome(conn, event)
+        elif held[1].status == "dispatched" and held[1].attempt == event.attempt:
+            held[0].record_outcome(event, held[1])
+            recorded = True
+        else:
+            recorded = False  # a late or repeated outcome
+        if recorded:
+            self._charge(conn, event.goal_id, f"tool:{event.tool}", event.usage)
         return []  # the evaluator's verdict decides what happens next
+
+    def _charge(self, conn: Connection, goal_id: str, source: str, usage: ev.Usage) -> None:
+        if usage.input_tokens or usage.output_tokens or usage.cost_usd:
+            self._release(goal_id)  # its budget changed
+            L.add_usage(conn, goal_id, source, usage)
 
     def on_verdict(
         self, event: ev.TaskEvaluated, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
-        goal = L.lock_goal(conn, event.goal_id)
+        goal = self._goal(conn, event.goal_id)
         if goal is None or goal.status not in ("running", "waiting_human", "compensating"):
             return []  # a late verdict of a finished goal changes nothing
-        task = L.record_verdict(conn, event)
+        task = self._record_verdict(conn, event)
         if task is None:
             return []  # a verdict on an attempt that is no longer current
-        L.add_usage(conn, goal.goal_id, "evaluate", event.usage)
+        self._charge(conn, goal.goal_id, "evaluate", event.usage)
+        if not (task.kind == "action" and goal.status == "running" and event.decision == "accept"):
+            self._release(goal.goal_id)  # only accepting a step is followed by the snapshot
         if task.kind == "compensation":
             return self._compensation_verdict(conn, goal, task, event)
         if goal.status == "compensating":
@@ -193,12 +249,28 @@ class Planner:
         # While one step waits for a human, independent branches go on.
         return self._action_verdict(conn, goal, task, event)
 
+    def _record_verdict(self, conn: Connection, event: ev.TaskEvaluated) -> TaskRow | None:
+        held = self._held_task(event.goal_id, event.task_id)
+        if held is None:
+            return L.record_verdict(conn, event)
+        snapshot, task = held
+        if task.status != "evaluating" or task.attempt != event.attempt:
+            return None
+        snapshot.record_verdict(event)
+        return task
+
+    def _succeed(self, conn: Connection, goal_id: str, task: TaskRow) -> TaskRow:
+        snapshot = self._held(goal_id)
+        if snapshot is not None:
+            return snapshot.succeed(goal_id, task, self._clock())
+        return L.succeed(conn, task, self._clock())
+
     def _action_verdict(
         self, conn: Connection, goal: GoalRow, task: TaskRow, verdict: ev.TaskEvaluated
     ) -> list[ev.Event]:
         decision = verdict.decision
         if decision == "accept":
-            L.succeed(conn, task, self._clock())
+            self._succeed(conn, goal.goal_id, task)
             return self._advance(conn, goal.goal_id, verdict.event_id)
         if decision == "retry":
             return self._retry(conn, goal, task, verdict)
@@ -356,6 +428,7 @@ class Planner:
     def on_resolved(
         self, event: ev.EscalationResolved, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
+        self._release(event.goal_id)
         goal = L.lock_goal(conn, event.goal_id)
         if goal is None:
             return []
@@ -437,6 +510,7 @@ class Planner:
 
     def on_timer(self, conn: Connection, timer: dict[str, Any]) -> list[ev.Event]:
         """A durable timer came due: a retry to dispatch, or an escalation that expired."""
+        self._release(timer["goal_id"])
         goal = L.lock_goal(conn, timer["goal_id"])
         if goal is None or goal.status not in LIVE:
             return []
@@ -469,6 +543,7 @@ class Planner:
 
     def on_timer_error(self, conn: Connection, goal_id: str, reason: str) -> list[ev.Event]:
         """A timer this planner could not handle ends its goal, rather than leaving it waiting."""
+        self._release(goal_id)
         goal = L.lock_goal(conn, goal_id)
         if goal is None or goal.status not in LIVE:
             return []
@@ -511,9 +586,10 @@ class Planner:
     # -- moving forward --------------------------------------------------------------------------
 
     def _advance(self, conn: Connection, goal_id: str, cause_id: str) -> list[ev.Event]:
-        goal = _locked(conn, goal_id)
+        goal = self._goal(conn, goal_id)
+        assert goal is not None
         if goal.status == "compensating":
-            undo = L.tasks_of(conn, goal_id, goal.plan_version, kind="compensation")
+            undo = self._tasks(conn, goal, kind="compensation")
             if decide.all_succeeded(undo):
                 ending = goal.ending or {}
                 return self._finish_failed(
@@ -526,7 +602,7 @@ class Planner:
                     [t.step_id.removeprefix("undo_") for t in undo],
                 )
             return self._dispatch(conn, goal, decide.ready(undo), cause_id, feedback=None)
-        tasks = L.tasks_of(conn, goal_id, goal.plan_version)
+        tasks = self._tasks(conn, goal)
         if decide.all_succeeded(tasks):
             return self._complete(conn, goal, tasks, cause_id)
         return self._dispatch(conn, goal, decide.ready(tasks), cause_id, feedback=None, tasks=tasks)
@@ -543,13 +619,14 @@ class Planner:
     ) -> list[ev.Event]:
         """Dispatch ``ready`` (``tasks``: the plan's action steps, when the caller has them)."""
         if tasks is None:
-            tasks = L.tasks_of(conn, goal.goal_id, goal.plan_version)
+            tasks = self._tasks(conn, goal)
         results = decide.results_by_step(tasks)
         busy = decide.in_flight(tasks)
         out: list[ev.Event] = []
         for task in ready:
             if task.kind == "action":  # compensations run whatever the budget: they clean up
                 if decide.one_at_a_time(goal) and (busy or out):
+                    self._release(goal.goal_id)
                     L.requeue(conn, task)  # the next verdict dispatches it
                     continue
                 problem = decide.budget_problem(goal, self._clock())
@@ -558,12 +635,28 @@ class Planner:
                         conn, goal, cause_id, category=problem[0], message=problem[1]
                     )
             arguments = resolve_arguments(task.arguments, results)
-            attempt = L.dispatch(conn, goal.goal_id, task, arguments, feedback)
+            attempt = self._send(conn, goal.goal_id, task, arguments, feedback)
             _dispatch_span(goal.goal_id, task, attempt)
             if task.kind == "action":
                 goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
             out.append(self._assignment(goal, task, attempt, arguments, cause_id, feedback))
         return out
+
+    def _send(
+        self,
+        conn: Connection,
+        goal_id: str,
+        task: TaskRow,
+        arguments: dict[str, Any],
+        feedback: str | None,
+    ) -> int:
+        """Record the task's next attempt; returns its number."""
+        snapshot = self._held(goal_id)
+        if snapshot is None:
+            return L.dispatch(conn, goal_id, task, arguments, feedback)
+        attempt = task.attempt + 1
+        snapshot.dispatch(L.Dispatch(goal_id, task, attempt, arguments, feedback))
+        return attempt
 
     def _assignment(
         self,
@@ -596,8 +689,19 @@ class Planner:
     ) -> list[ev.Event]:
         summary = f"all {len(tasks)} steps succeeded: " + ", ".join(t.step_id for t in tasks)
         output = decide.results_by_step(tasks)
-        L.finish_goal(conn, goal.goal_id, status="completed", summary=summary, output=output)
-        usage, steps, elapsed = L.usage_of(conn, goal.goal_id)
+        finish = L.Finish(goal.goal_id, "completed", summary, output=output)
+        snapshot = self._held(goal.goal_id)
+        if snapshot is not None:
+            snapshot.finish(finish)
+            usage = ev.Usage(
+                input_tokens=goal.input_tokens,
+                output_tokens=goal.output_tokens,
+                cost_usd=goal.cost_usd,
+            )
+            steps, elapsed = goal.steps_used, (self._clock() - goal.submitted_at).total_seconds()
+        else:
+            L.finish_goals(conn, [finish])
+            usage, steps, elapsed = L.usage_of(conn, goal.goal_id)
         return [
             ev.GoalCompleted(
                 envelope=self._envelope(goal.goal_id, cause_id),
@@ -622,6 +726,7 @@ class Planner:
         partial: bool = False,
     ) -> list[ev.Event]:
         """End the goal: no more dispatches; roll back per its compensation policy first."""
+        self._release(goal.goal_id)
         if goal.ending is not None:
             return []  # already ending
         ending = {
@@ -691,6 +796,7 @@ class Planner:
         message: str,
         compensated: list[str],
     ) -> list[ev.Event]:
+        self._release(goal.goal_id)
         L.finish_goal(
             conn, goal.goal_id, status=status, summary=message, category=category, message=message
         )

@@ -48,6 +48,8 @@ class GoalRow:
     replans: int = 0
     compensation_policy: str = "all"
     ending: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 def ready(tasks: Sequence[TaskRow]) -> list[TaskRow]:

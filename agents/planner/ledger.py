@@ -4,9 +4,11 @@ late or repeated result can never overwrite a newer state."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -15,15 +17,37 @@ from agents.engines.base import Planned, PlanStep
 from agents.ledger.db import Connection
 from agents.planner.decide import GoalRow, TaskRow
 
-_GOAL_COLUMNS = (
+GOAL_COLUMNS = (
     "goal_id, text, input, status, max_steps, max_tokens, budget_usd, deadline_at, plan_version, "
     "steps_used, input_tokens + output_tokens as tokens, cost_usd, submitted_at, max_replans, "
-    "replans, compensation_policy, ending"
+    "replans, compensation_policy, ending, input_tokens, output_tokens"
 )
-_TASK_COLUMNS = (
-    "task_id, step_id, tool, arguments, depends_on, pool, status, attempt, idempotency_key, "
-    "result, kind, attempt_floor, compensates"
+Outcome = ev.TaskCompleted | ev.TaskFailed
+
+_TASK_FIELDS = (
+    "task_id",
+    "step_id",
+    "tool",
+    "arguments",
+    "depends_on",
+    "pool",
+    "status",
+    "attempt",
+    "idempotency_key",
+    "result",
+    "kind",
+    "attempt_floor",
+    "compensates",
 )
+
+
+def task_columns(alias: str = "") -> str:
+    """The columns a ``TaskRow`` is read from (qualified by ``alias`` for joins)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + name for name in _TASK_FIELDS)
+
+
+_TASK_COLUMNS = task_columns()
 
 
 def insert_goal(
@@ -60,7 +84,7 @@ def lock_goal(conn: Connection, goal_id: str) -> GoalRow | None:
     """The goal's row, locked until the transaction ends (planners serialise on it)."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            f"select {_GOAL_COLUMNS} from goals where goal_id = %s for update",  # noqa: S608 - constant columns
+            f"select {GOAL_COLUMNS} from goals where goal_id = %s for update",  # noqa: S608 - constant columns
             (goal_id,),
         ).fetchone()
     return GoalRow(**row) if row else None
@@ -75,7 +99,7 @@ def tasks_of(
             "and kind = %s order by task_id",
             (goal_id, plan_version, kind),
         ).fetchall()
-    return [_task(r) for r in rows]
+    return [task_row(r) for r in rows]
 
 
 def task(conn: Connection, task_id: str) -> TaskRow | None:
@@ -84,10 +108,10 @@ def task(conn: Connection, task_id: str) -> TaskRow | None:
             f"select {_TASK_COLUMNS} from tasks where task_id = %s for update",  # noqa: S608
             (task_id,),
         ).fetchone()
-    return _task(row) if row else None
+    return task_row(row) if row else None
 
 
-def _task(row: dict[str, Any]) -> TaskRow:
+def task_row(row: dict[str, Any]) -> TaskRow:
     return TaskRow(**(row | {"depends_on": tuple(row["depends_on"])}))
 
 
@@ -147,78 +171,108 @@ def dispatch(
 ) -> int:
     """Move ``task`` to its next attempt; returns the attempt number."""
     attempt = task.attempt + 1
-    conn.execute(
-        "update tasks set status = 'dispatched', attempt = %s where task_id = %s",
-        (attempt, task.task_id),
-    )
-    conn.execute(
-        "insert into attempts (task_id, attempt, status, arguments, message) "
-        "values (%s, %s, 'dispatched', %s, %s)",
-        (task.task_id, attempt, Jsonb(arguments), feedback),
-    )
-    if task.kind == "action":  # the step budget counts work, not the rollback of it
-        conn.execute(
-            "update goals set steps_used = steps_used + 1 where goal_id = %s",
-            (goal_id,),
-        )
+    dispatch_all(conn, [Dispatch(goal_id, task, attempt, arguments, feedback)])
     return attempt
 
 
-def record_outcome(conn: Connection, event: ev.TaskCompleted | ev.TaskFailed) -> bool:
-    """Store a worker's outcome if it answers the task's current attempt; False otherwise."""
-    completed = isinstance(event, ev.TaskCompleted)
-    row = conn.execute(
-        "update tasks set status = 'evaluating', "
-        "first_started_at = coalesce(first_started_at, %s) "
-        "where task_id = %s and attempt = %s and status = 'dispatched' returning task_id",
-        (event.started_at, event.task_id, event.attempt),
-    ).fetchone()
+@dataclass(frozen=True)
+class Dispatch:
+    """A task moving to its next attempt, with that attempt's arguments and feedback."""
+
+    goal_id: str
+    task: TaskRow
+    attempt: int
+    arguments: dict[str, Any]
+    feedback: str | None
+
+
+def dispatch_all(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
+    """Record dispatches, three statements however many there are."""
     conn.execute(
-        "update attempts set status = %s, worker_id = %s, started_at = %s, finished_at = %s, "
-        "category = %s, message = coalesce(%s, message), result = %s, input_tokens = %s, "
-        "output_tokens = %s, cost_usd = %s "
-        "where task_id = %s and attempt = %s and status = 'dispatched'",
+        "update tasks t set status = 'dispatched', attempt = v.attempt "
+        "from unnest(%s::text[], %s::int[]) as v(task_id, attempt) where t.task_id = v.task_id",
+        ([d.task.task_id for d in dispatches], [d.attempt for d in dispatches]),
+    )
+    conn.execute(
+        "insert into attempts (task_id, attempt, status, arguments, message) "
+        "select v.task_id, v.attempt, 'dispatched', v.arguments, v.message "
+        "from unnest(%s::text[], %s::int[], %s::jsonb[], %s::text[]) "
+        "as v(task_id, attempt, arguments, message)",
         (
-            "completed" if completed else "failed",
-            event.worker_id,
-            event.started_at,
-            event.finished_at,
-            None if completed else event.category,  # type: ignore[union-attr]
-            None if completed else event.message,  # type: ignore[union-attr]
-            Jsonb(event.result if completed else event.details),  # type: ignore[union-attr]
-            event.usage.input_tokens,
-            event.usage.output_tokens,
-            event.usage.cost_usd,
-            event.task_id,
-            event.attempt,
+            [d.task.task_id for d in dispatches],
+            [d.attempt for d in dispatches],
+            [Jsonb(d.arguments) for d in dispatches],
+            [d.feedback for d in dispatches],
         ),
     )
-    return row is not None
+    # The step budget counts work, not the rollback of it.
+    counted = [d.goal_id for d in dispatches if d.task.kind == "action"]
+    if counted:
+        conn.execute(
+            "update goals g set steps_used = steps_used + v.n from "
+            "(select goal_id, count(*) as n from unnest(%s::text[]) as goal_id group by goal_id) v "
+            "where g.goal_id = v.goal_id",
+            (counted,),
+        )
+
+
+def record_outcome(conn: Connection, event: Outcome) -> bool:
+    """Store a worker's outcome if it answers the task's current attempt; False otherwise."""
+    return record_outcomes(conn, [event]).fetchone() is not None
+
+
+def record_outcomes(conn: Connection, events: Sequence[Outcome]) -> psycopg.Cursor[Any]:
+    """Store outcomes that answer their tasks' current attempts (compare-and-set); the cursor
+    returns the task ids that did."""
+    updated = conn.execute(
+        "update tasks t set status = 'evaluating', "
+        "first_started_at = coalesce(t.first_started_at, v.started_at) "
+        "from unnest(%s::text[], %s::int[], %s::timestamptz[]) as v(task_id, attempt, started_at) "
+        "where t.task_id = v.task_id and t.attempt = v.attempt and t.status = 'dispatched' "
+        "returning t.task_id",
+        (
+            [e.task_id for e in events],
+            [e.attempt for e in events],
+            [e.started_at for e in events],
+        ),
+    )
+    completed = [isinstance(e, ev.TaskCompleted) for e in events]
+    conn.execute(
+        "update attempts a set status = v.status, worker_id = v.worker_id, "
+        "started_at = v.started_at, finished_at = v.finished_at, category = v.category, "
+        "message = coalesce(v.message, a.message), result = v.result, "
+        "input_tokens = v.input_tokens, output_tokens = v.output_tokens, cost_usd = v.cost_usd "
+        "from unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], "
+        "%s::timestamptz[], %s::text[], %s::text[], %s::jsonb[], %s::bigint[], %s::bigint[], "
+        "%s::float8[]) as v(task_id, attempt, status, worker_id, started_at, finished_at, "
+        "category, message, result, input_tokens, output_tokens, cost_usd) "
+        "where a.task_id = v.task_id and a.attempt = v.attempt and a.status = 'dispatched'",
+        (
+            [e.task_id for e in events],
+            [e.attempt for e in events],
+            ["completed" if done else "failed" for done in completed],
+            [e.worker_id for e in events],
+            [e.started_at for e in events],
+            [e.finished_at for e in events],
+            [None if isinstance(e, ev.TaskCompleted) else e.category for e in events],
+            [None if isinstance(e, ev.TaskCompleted) else e.message for e in events],
+            [Jsonb(outcome_of(e)) for e in events],
+            [e.usage.input_tokens for e in events],
+            [e.usage.output_tokens for e in events],
+            [e.usage.cost_usd for e in events],
+        ),
+    )
+    return updated
+
+
+def outcome_of(event: Outcome) -> dict[str, Any]:
+    """What the ledger keeps of an outcome: the result, or the failure's details."""
+    return event.result if isinstance(event, ev.TaskCompleted) else event.details
 
 
 def record_verdict(conn: Connection, event: ev.TaskEvaluated) -> TaskRow | None:
     """Store a verdict on the task's current attempt; the task, or None for a stale verdict."""
-    inserted = conn.execute(
-        "insert into verdicts (task_id, attempt, decision, confidence, reason, feedback, "
-        "input_tokens, output_tokens, cost_usd) "
-        "select %s, %s, %s, %s, %s, %s, %s, %s, %s where exists "
-        "(select 1 from attempts where task_id = %s and attempt = %s) "
-        "on conflict do nothing returning task_id",
-        (
-            event.task_id,
-            event.attempt,
-            event.decision,
-            event.confidence,
-            event.reason,
-            event.feedback,
-            event.usage.input_tokens,
-            event.usage.output_tokens,
-            event.usage.cost_usd,
-            event.task_id,
-            event.attempt,
-        ),
-    ).fetchone()
-    if inserted is None:
+    if insert_verdicts(conn, [event]).fetchone() is None:
         return None
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
@@ -226,19 +280,52 @@ def record_verdict(conn: Connection, event: ev.TaskEvaluated) -> TaskRow | None:
             "and status = 'evaluating' for update",
             (event.task_id, event.attempt),
         ).fetchone()
-    return _task(row) if row else None
+    return task_row(row) if row else None
+
+
+def insert_verdicts(conn: Connection, events: Sequence[ev.TaskEvaluated]) -> psycopg.Cursor[Any]:
+    """Insert verdicts on attempts that exist and have none yet; the cursor returns the task ids
+    that got one."""
+    return conn.execute(
+        "insert into verdicts (task_id, attempt, decision, confidence, reason, feedback, "
+        "input_tokens, output_tokens, cost_usd) "
+        "select v.* from unnest(%s::text[], %s::int[], %s::text[], %s::float8[], %s::text[], "
+        "%s::text[], %s::bigint[], %s::bigint[], %s::float8[]) as v(task_id, attempt, decision, "
+        "confidence, reason, feedback, input_tokens, output_tokens, cost_usd) "
+        "where exists (select 1 from attempts a where a.task_id = v.task_id "
+        "and a.attempt = v.attempt) on conflict do nothing returning task_id",
+        (
+            [e.task_id for e in events],
+            [e.attempt for e in events],
+            [e.decision for e in events],
+            [e.confidence for e in events],
+            [e.reason for e in events],
+            [e.feedback for e in events],
+            [e.usage.input_tokens for e in events],
+            [e.usage.output_tokens for e in events],
+            [e.usage.cost_usd for e in events],
+        ),
+    )
 
 
 def succeed(conn: Connection, task: TaskRow, finished_at: datetime) -> TaskRow:
     """Mark the task done with the result of its current attempt."""
-    row = conn.execute(
-        "update tasks t set status = 'succeeded', finished_at = %s, result = a.result "
-        "from attempts a where t.task_id = %s and a.task_id = t.task_id and a.attempt = t.attempt "
-        "returning t.result",
-        (finished_at, task.task_id),
-    ).fetchone()
-    result = row[0] if row else {}
+    row = succeed_all(conn, [task.task_id], finished_at).fetchone()
+    result = row[1] if row else {}
     return TaskRow(**(task.__dict__ | {"status": "succeeded", "result": result}))
+
+
+def succeed_all(
+    conn: Connection, task_ids: Sequence[str], finished_at: datetime
+) -> psycopg.Cursor[Any]:
+    """Mark tasks done with the results of their current attempts; the cursor returns
+    (task id, result) of each."""
+    return conn.execute(
+        "update tasks t set status = 'succeeded', finished_at = %s, result = a.result "
+        "from attempts a where t.task_id = any(%s) and a.task_id = t.task_id "
+        "and a.attempt = t.attempt returning t.task_id, t.result",
+        (finished_at, list(task_ids)),
+    )
 
 
 def fail_task(conn: Connection, task: TaskRow, finished_at: datetime) -> None:
@@ -274,22 +361,43 @@ def finish_goal(
     message: str | None = None,
     output: dict[str, Any] | None = None,
 ) -> None:
+    finish_goals(conn, [Finish(goal_id, status, summary, category, message, output)])
+
+
+@dataclass(frozen=True)
+class Finish:
+    """A goal's end: its status, summary, and (when it failed) why, or (when it completed) its
+    output."""
+
+    goal_id: str
+    status: str
+    summary: str
+    category: str | None = None
+    message: str | None = None
+    output: dict[str, Any] | None = None
+
+
+def finish_goals(conn: Connection, finishes: Sequence[Finish]) -> None:
+    """End goals; their steps that had not finished will not."""
+    ids = [f.goal_id for f in finishes]
     conn.execute(
-        "update goals set status = %s, summary = %s, error_category = %s, error_message = %s, "
-        "output = %s, finished_at = now() where goal_id = %s",
+        "update goals g set status = v.status, summary = v.summary, error_category = v.category, "
+        "error_message = v.message, output = v.output, finished_at = now() "
+        "from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[]) "
+        "as v(goal_id, status, summary, category, message, output) where g.goal_id = v.goal_id",
         (
-            status,
-            summary,
-            category,
-            message,
-            Jsonb(output) if output is not None else None,
-            goal_id,
+            ids,
+            [f.status for f in finishes],
+            [f.summary for f in finishes],
+            [f.category for f in finishes],
+            [f.message for f in finishes],
+            [Jsonb(f.output) if f.output is not None else None for f in finishes],
         ),
     )
     conn.execute(
-        "update tasks set status = 'cancelled' where goal_id = %s "
+        "update tasks set status = 'cancelled' where goal_id = any(%s) "
         "and status in ('pending', 'dispatched', 'evaluating', 'waiting_retry', 'waiting_human')",
-        (goal_id,),
+        (ids,),
     )
 
 

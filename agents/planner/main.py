@@ -85,7 +85,11 @@ def run(settings: MeshSettings) -> int:
     sweep(app.db, app.publisher, older_than_s=0)  # what a previous planner left unsent
     leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
     sink = LedgerSink(
-        pool=app.db, consumer="planner", handlers=planner.handlers(), on_refused=planner.on_refused
+        pool=app.db,
+        consumer="planner",
+        handlers=planner.handlers(),
+        on_refused=planner.on_refused,
+        hooks=planner,
     )
     runtime = app.consumer(
         roles=("goals", "results", "escalations"),
