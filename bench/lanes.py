@@ -21,7 +21,7 @@ from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES, Deadline, Window
 from bench.model import LaneRun, ProcessUsage, load_label
-from bench.procs import self_usage, since, usage
+from bench.procs import InfraUsage, self_usage, since, usage
 from schemas.codec import Codec
 from topics.admin import ensure
 
@@ -181,9 +181,9 @@ def _drive_raw(
             self_usage("driver")
         ]
 
-    before = sample()
+    before, infra = sample(), InfraUsage()
     wall = flight.run_polling(lambda n: driver.submit(n + 1_000_000), driver.poll)
-    procs = since(before, sample())
+    procs = since(before, sample()) + infra.finish()
     driver.consumer.close()
     return _result(
         lane,
@@ -229,9 +229,17 @@ def _warm_up(submit: Any, poll: Any) -> None:
 
 
 def run_mesh(
-    settings: MeshSettings, *, shape: str, goals: int, in_flight: int, workers: int, log_dir: Path
+    settings: MeshSettings,
+    *,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    workers: int,
+    log_dir: Path,
+    trace_ratio: float | None = None,
 ) -> LaneRun:
-    """The real planner, workers and evaluator processes, ledger and all; tools are instant."""
+    """The real planner, workers and evaluator processes, ledger and all; tools are instant.
+    Every goal is traced, or (``trace_ratio``) that share of goals, as under load in production."""
     settings = settings.model_copy(update={"topic_prefix": f"bench.{uuid.uuid4().hex[:8]}."})
     ensure(settings)
     env = os.environ | {
@@ -241,13 +249,21 @@ def run_mesh(
         "MESH_TOPIC_PREFIX": settings.topic_prefix,
         "MESH_TRACE_FILE": str(log_dir / "traces.jsonl"),
     }
+    if trace_ratio is not None:  # the OpenTelemetry SDK's own switches
+        env |= {
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(trace_ratio),
+        }
     fleet = Fleet(env=env, log_dir=log_dir)
     fleet.add("planner", "planner")
     for n in range(workers):
         fleet.add(f"worker-{n + 1}", "worker")
     fleet.add("evaluator", "evaluator")
+    lane = "M" if trace_ratio is None else f"M-{trace_ratio:.0%}"
     with fleet:
-        return _drive_mesh(settings, fleet, shape=shape, goals=goals, in_flight=in_flight)
+        return _drive_mesh(
+            settings, fleet, lane=lane, shape=shape, goals=goals, in_flight=in_flight
+        )
 
 
 def _goal_input(shape: str) -> dict[str, Any]:
@@ -265,7 +281,7 @@ def _goal_input(shape: str) -> dict[str, Any]:
 
 
 def _drive_mesh(
-    settings: MeshSettings, fleet: Fleet, *, shape: str, goals: int, in_flight: int
+    settings: MeshSettings, fleet: Fleet, *, lane: str, shape: str, goals: int, in_flight: int
 ) -> LaneRun:
     codec = Codec()
     publisher = Publisher(settings=settings, codec=codec, client_id="bench-driver")
@@ -303,17 +319,17 @@ def _drive_mesh(
 
     _warm_up(submit, poll)
     warm = list(ids)
-    flight = Window(goals=goals, in_flight=in_flight, deadline=Deadline("M", TIMEOUT_S))
+    flight = Window(goals=goals, in_flight=in_flight, deadline=Deadline(lane, TIMEOUT_S))
 
     def sample() -> list[ProcessUsage]:
         return [usage(m.proc.pid, m.name) for m in fleet.members if m.proc] + [self_usage("driver")]
 
-    before = sample()
+    before, infra = sample(), InfraUsage()
     wall = flight.run_polling(submit, poll)
-    procs = since(before, sample())
+    procs = since(before, sample()) + infra.finish()
     consumer.close()
     return _result(
-        "M",
+        lane,
         shape,
         flight,
         wall,

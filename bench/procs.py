@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from bench.model import ProcessUsage
+from infra.stack import StackConfig, running_pids
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,3 +65,16 @@ def infra_usage(pids: dict[str, int]) -> list[ProcessUsage]:
 
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists()
+
+
+class InfraUsage:
+    """The stack's servers' CPU over a lane's measured run only: creating topics, starting
+    processes and joining consumer groups cost the broker far more than a short run's traffic,
+    and belong to no task."""
+
+    def __init__(self) -> None:
+        self._pids = running_pids(StackConfig.from_env())
+        self._before = infra_usage(self._pids)
+
+    def finish(self) -> list[ProcessUsage]:
+        return since(self._before, infra_usage(self._pids))

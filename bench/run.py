@@ -23,9 +23,7 @@ from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
 from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
-from bench.procs import infra_usage, since
 from bench.report import ratios, render_png, table
-from infra.stack import StackConfig, running_pids
 
 
 @dataclass(frozen=True)
@@ -34,6 +32,7 @@ class Plan:
     saturation_goals: dict[str, int]
     in_flight: int
     workers: tuple[int, ...]
+    many_goals: int = 0  # the mesh once more with this many chain goals (0: not run)
 
 
 QUICK = Plan(
@@ -44,6 +43,7 @@ FULL = Plan(
     saturation_goals={"chain": 1000, "fanout": 150},
     in_flight=200,
     workers=(1, 2, 4),
+    many_goals=10_000,
 )
 
 Lane = Callable[..., LaneRun]
@@ -54,6 +54,10 @@ def _lanes(settings: MeshSettings, logs: Path) -> dict[str, Lane]:
         "R0": lambda **kw: run_raw(settings, log_dir=logs / "r0", **kw),
         "R1": lambda **kw: run_raw(settings, log_dir=logs / "r1", avro=True, **kw),
         "M": lambda workers=2, **kw: run_mesh(settings, workers=workers, log_dir=logs / "m", **kw),
+        # The same mesh tracing 1% of goals (head sampling), as a loaded deployment would.
+        "M-1%": lambda workers=2, **kw: run_mesh(
+            settings, workers=workers, log_dir=logs / "m1", trace_ratio=0.01, **kw
+        ),
     }
     lanes.update(_peers(settings))
     return lanes
@@ -105,16 +109,17 @@ def run(plan: Plan, out: Path) -> list[LaneRun]:
                     workers=workers,
                 )
             )
+    if plan.many_goals:  # the goal-count series: 1k above, 10k here
+        runs.append(
+            _one("M", lanes["M"], shape="chain", goals=plan.many_goals, in_flight=plan.in_flight)
+        )
     return runs
 
 
 def _one(name: str, lane: Lane, **kw: Any) -> LaneRun:
     began = time.monotonic()
     print(f"bench: {name} {kw} ...", file=sys.stderr, flush=True)
-    pids = running_pids(StackConfig.from_env())
-    infra_before = infra_usage(pids)
     result = lane(**kw)
-    result.processes += since(infra_before, infra_usage(pids))
     if "workers" in kw:  # the scaling series
         result.notes = f"{kw['workers']} workers. {result.notes}".strip()
         result.load = f"{result.load} w{kw['workers']}"

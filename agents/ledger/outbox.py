@@ -58,6 +58,10 @@ class LedgerSink:
     ) -> None:
         self._on_refused = on_refused
         self._hooks = hooks
+        # Outbox rows the broker has: deleted in the next batch's transaction (or by ``settle``),
+        # which saves a commit per batch. Until then the sweeper leaves them alone (it takes
+        # only rows older than the housekeeping period).
+        self._delivered: list[int] = []
         self._pool = pool
         self._consumer = consumer
         self._handlers = dict(handlers)
@@ -80,15 +84,25 @@ class LedgerSink:
         crashpoint("ledger.after_commit")
         for item, category, reason in refused:
             runtime.dead_letter(item.delivery, category, reason)
-        relay(self._pool, runtime.publisher, sent)
+        self._delivered += deliver(runtime.publisher, sent)
         return [item.delivery for item in items]
+
+    def settle(self) -> None:
+        """Delete the outbox rows delivered since the last batch (call when idle)."""
+        if self._delivered:
+            with self._pool.connection() as conn:
+                forget(conn, self._delivered)
+                conn.commit()
+            self._delivered = []
 
     def _apply(
         self, items: Sequence[Item], publisher: Publisher
     ) -> tuple[list[tuple[int, Outgoing]], list[tuple[Item, str, str]]]:
         # Pipeline mode: statements whose results nobody reads go out without waiting for the
         # round trip, which is most of the planner's time otherwise.
+        delivered = self._delivered
         with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            forget(conn, delivered)
             fresh = self._first_seen(conn, items)
             try:
                 with conn.transaction():  # fast path: the whole batch at once
@@ -103,7 +117,9 @@ class LedgerSink:
                 records, refused = self._one_by_one(fresh, conn, publisher)
             finally:
                 self._end(completed=False)
-            return store(conn, records), refused
+            stored = store(conn, records)
+        self._delivered = self._delivered[len(delivered) :]  # committed: those rows are gone
+        return stored, refused
 
     def _begin(self, conn: Connection, items: Sequence[Item]) -> None:
         if self._hooks is not None and items:
@@ -190,18 +206,31 @@ def store(conn: Connection, records: Sequence[Outgoing]) -> list[tuple[int, Outg
 
 def relay(pool: ConnectionPool, publisher: Publisher, sent: Sequence[tuple[int, Outgoing]]) -> None:
     """Send committed outbox records and delete them once the broker has them."""
+    delivered = deliver(publisher, sent)
+    if delivered:
+        with pool.connection() as conn:
+            forget(conn, delivered)
+            conn.commit()
+
+
+def deliver(publisher: Publisher, sent: Sequence[tuple[int, Outgoing]]) -> list[int]:
+    """Send committed outbox records; the ids of those the broker acknowledged (all or none)."""
     if not sent:
-        return
+        return []
     for _, record in sent:
         publisher.send(record)
     try:
         publisher.flush()
     except DeliveryError as exc:  # the rows stay; the sweeper sends them later
         log.warning("outbox relay incomplete, the sweeper will retry: %s", exc)
-        return
-    with pool.connection() as conn:
-        conn.execute("delete from outbox where id = any(%s)", ([i for i, _ in sent],))
-        conn.commit()
+        return []
+    return [i for i, _ in sent]
+
+
+def forget(conn: Connection, ids: Sequence[int]) -> None:
+    """Delete delivered outbox rows, in the caller's transaction."""
+    if ids:
+        conn.execute("delete from outbox where id = any(%s)", (list(ids),))
 
 
 def sweep(pool: ConnectionPool, publisher: Publisher, *, older_than_s: float = 2.0) -> int:

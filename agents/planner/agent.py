@@ -242,6 +242,7 @@ class Planner:
         self._charge(conn, goal.goal_id, "evaluate", event.usage)
         if not (task.kind == "action" and goal.status == "running" and event.decision == "accept"):
             self._release(goal.goal_id)  # only accepting a step is followed by the snapshot
+            goal = _locked(conn, goal.goal_id)  # the whole row: what follows may plan again
         if task.kind == "compensation":
             return self._compensation_verdict(conn, goal, task, event)
         if goal.status == "compensating":

@@ -26,8 +26,9 @@ class Housekeeping:
     outbox rows and report tasks whose worker stopped heartbeating as failed with
     ``lease_expired`` so the evaluator retries them."""
 
-    def __init__(self, app: AgentApp, leases: Leases, planner: Planner) -> None:
+    def __init__(self, app: AgentApp, leases: Leases, planner: Planner, sink: LedgerSink) -> None:
         self._app = app
+        self._sink = sink
         self._leases = leases
         self._planner = planner
         self._next = 0.0
@@ -41,6 +42,7 @@ class Housekeeping:
         if now < self._next:
             return
         self._next = now + HOUSEKEEPING_EVERY_S
+        self._sink.settle()  # before the sweep, so delivered rows are not sent again
         sweep(self._app.db, self._app.publisher)
         expired = self._leases.take_expired()
         for lease in expired:
@@ -94,6 +96,6 @@ def run(settings: MeshSettings) -> int:
     runtime = app.consumer(
         roles=("goals", "results", "escalations"),
         sink=sink,
-        tick=Housekeeping(app, leases, planner),
+        tick=Housekeeping(app, leases, planner, sink),
     )
     return app.serve(runtime)

@@ -27,6 +27,11 @@ from agents.ledger.db import Connection
 from agents.planner import ledger as L  # noqa: N812
 from agents.planner.decide import GoalRow, TaskRow
 
+# A goal's text and input are left out: only planning reads them, planning is never one of the
+# common steps, and an input can be as large as a whole plan.
+_GOAL_COLUMNS = L.GOAL_COLUMNS.replace("text, input,", "'' as text, '{}'::jsonb as input,")
+assert _GOAL_COLUMNS != L.GOAL_COLUMNS
+
 
 class Snapshot:
     """The locked goals of a batch, their current plans' tasks and the tasks' latest outcomes,
@@ -55,7 +60,7 @@ class Snapshot:
         ids = sorted(set(goal_ids))
         with conn.cursor(row_factory=dict_row) as goals, conn.cursor(row_factory=dict_row) as tasks:
             goals.execute(
-                f"select {L.GOAL_COLUMNS} from goals where goal_id = any(%s) "  # noqa: S608
+                f"select {_GOAL_COLUMNS} from goals where goal_id = any(%s) "  # noqa: S608
                 "order by goal_id for update",
                 (ids,),
             )

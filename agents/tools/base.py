@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar, get_type_hints
 
@@ -148,6 +149,10 @@ class Tool(Generic[A, R]):
 
     def spec(self) -> dict[str, Any]:
         """The description a reasoning engine sees (OpenAI function-tool shape)."""
+        return self._spec
+
+    @cached_property
+    def _spec(self) -> dict[str, Any]:  # built once: JSON schemas are not cheap
         return {
             "name": self.name,
             "description": self.description,
@@ -224,7 +229,7 @@ class Registry:
         return iter(self._tools.values())
 
     def specs(self) -> list[dict[str, Any]]:
-        """Every tool's engine-facing description (built once: JSON schemas are not cheap)."""
+        """Every tool's engine-facing description."""
         if self._specs is None:
             self._specs = [t.spec() for t in self._tools.values() if not t.name.startswith("_")]
         return self._specs

@@ -28,6 +28,7 @@ from bench.peers._procs import (
     stop,
     wait_until,
 )
+from bench.procs import InfraUsage
 
 CHAIN_LENGTH = SHAPES["chain"]
 FANOUT_WIDTH = SHAPES["fanout"]
@@ -227,11 +228,11 @@ def run_celery(
             celery_app, shape, 1, 1, deadline
         )  # warm-up: imports and connections in every process
         driver = DriverUsage("celery-driver")
-        tree = TreeUsage([worker], "celery-worker")
+        tree, infra = TreeUsage([worker], "celery-worker"), InfraUsage()
         began = time.perf_counter()
         window, collector = _drive(celery_app, shape, goals, in_flight, deadline)
         wall = time.perf_counter() - began
-        processes: list[ProcessUsage] = [*tree.finish(), driver.finish()]
+        processes: list[ProcessUsage] = [*tree.finish(), driver.finish(), *infra.finish()]
     except LaneTimeout as error:
         raise LaneTimeout(f"{error}; worker log: {log}") from error
     finally:

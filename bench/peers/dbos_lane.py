@@ -38,6 +38,7 @@ from bench.peers._procs import (
     stop,
     wait_until,
 )
+from bench.procs import InfraUsage
 
 CHAIN_LENGTH = SHAPES["chain"]
 FANOUT_WIDTH = SHAPES["fanout"]
@@ -221,11 +222,11 @@ def _measure(
     try:
         _drive(client, shape, 1, 1, deadline)  # warm-up: imports, connections, queue threads
         driver = DriverUsage("dbos-driver")
-        tree = TreeUsage(procs, "dbos-worker")
+        tree, infra = TreeUsage(procs, "dbos-worker"), InfraUsage()
         began = time.perf_counter()
         window, collector = _drive(client, shape, goals, in_flight, deadline)
         wall = time.perf_counter() - began
-        return wall, window, collector, [*tree.finish(), driver.finish()]
+        return wall, window, collector, [*tree.finish(), driver.finish(), *infra.finish()]
     finally:
         client.destroy()
 
