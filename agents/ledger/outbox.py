@@ -100,7 +100,7 @@ class LedgerSink:
     ) -> tuple[list[tuple[int, Outgoing]], list[tuple[Item, str, str]]]:
         # Pipeline mode: statements whose results nobody reads go out without waiting for the
         # round trip, which is most of the planner's time otherwise.
-        delivered = self._delivered
+        delivered = list(self._delivered)  # more may be added before the commit is known
         with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             forget(conn, delivered)
             fresh = self._first_seen(conn, items)

@@ -87,8 +87,10 @@ class Planner:
     # -- one batch at a time -----------------------------------------------------------------
 
     def before_batch(self, conn: Connection, events: Sequence[ev.Event]) -> None:
-        """Lock and read every goal the batch is about, at once (see ``snapshot``)."""
-        self._snapshot = Snapshot.load(conn, [e.goal_id for e in events])
+        """Lock and read every goal the batch is about, at once (see ``snapshot``). A submitted
+        goal is new: it is inserted and planned on the ledger, never through the snapshot."""
+        known = [e.goal_id for e in events if not isinstance(e, ev.GoalSubmitted)]
+        self._snapshot = Snapshot.load(conn, known)
 
     def after_batch(self, completed: bool) -> None:
         """Write what the batch held back (``completed``), or forget it (the batch failed)."""
@@ -98,14 +100,23 @@ class Planner:
 
     def _goal(self, conn: Connection, goal_id: str) -> GoalRow | None:
         """The goal, locked: from the batch's snapshot while it holds the goal."""
-        held = self._snapshot.goal(goal_id) if self._snapshot is not None else None
-        return held if held is not None else L.lock_goal(conn, goal_id)
+        snapshot = self._held(goal_id)
+        return snapshot.goal(goal_id) if snapshot is not None else L.lock_goal(conn, goal_id)
 
     def _tasks(self, conn: Connection, goal: GoalRow, kind: str = "action") -> list[TaskRow]:
-        held = self._snapshot.tasks(goal.goal_id, kind) if self._snapshot is not None else None
-        if held is not None:
-            return held
+        snapshot = self._held(goal.goal_id)
+        if snapshot is not None:
+            return snapshot.tasks(goal.goal_id, kind)
         return L.tasks_of(conn, goal.goal_id, goal.plan_version, kind=kind)
+
+    def _totals(self, conn: Connection, goal: GoalRow) -> tuple[ev.Usage, int, float]:
+        """The goal's usage, steps used and seconds since submission."""
+        if self._held(goal.goal_id) is None:
+            return L.usage_of(conn, goal.goal_id)
+        usage = ev.Usage(
+            input_tokens=goal.input_tokens, output_tokens=goal.output_tokens, cost_usd=goal.cost_usd
+        )
+        return usage, goal.steps_used, (self._clock() - goal.submitted_at).total_seconds()
 
     def _held(self, goal_id: str) -> Snapshot | None:
         snapshot = self._snapshot
@@ -690,19 +701,13 @@ class Planner:
     ) -> list[ev.Event]:
         summary = f"all {len(tasks)} steps succeeded: " + ", ".join(t.step_id for t in tasks)
         output = decide.results_by_step(tasks)
+        usage, steps, elapsed = self._totals(conn, goal)
         finish = L.Finish(goal.goal_id, "completed", summary, output=output)
         snapshot = self._held(goal.goal_id)
         if snapshot is not None:
             snapshot.finish(finish)
-            usage = ev.Usage(
-                input_tokens=goal.input_tokens,
-                output_tokens=goal.output_tokens,
-                cost_usd=goal.cost_usd,
-            )
-            steps, elapsed = goal.steps_used, (self._clock() - goal.submitted_at).total_seconds()
         else:
             L.finish_goals(conn, [finish])
-            usage, steps, elapsed = L.usage_of(conn, goal.goal_id)
         return [
             ev.GoalCompleted(
                 envelope=self._envelope(goal.goal_id, cause_id),
@@ -801,7 +806,7 @@ class Planner:
         L.finish_goal(
             conn, goal.goal_id, status=status, summary=message, category=category, message=message
         )
-        usage, steps, elapsed = L.usage_of(conn, goal.goal_id)
+        usage, steps, elapsed = self._totals(conn, goal)
         return [
             ev.GoalFailed(
                 envelope=self._envelope(goal.goal_id, cause_id),

@@ -58,6 +58,8 @@ class Snapshot:
     @classmethod
     def load(cls, conn: Connection, goal_ids: Collection[str]) -> Snapshot:
         ids = sorted(set(goal_ids))
+        if not ids:
+            return cls(conn, {}, {}, {})
         with conn.cursor(row_factory=dict_row) as goals, conn.cursor(row_factory=dict_row) as tasks:
             goals.execute(
                 f"select {_GOAL_COLUMNS} from goals where goal_id = any(%s) "  # noqa: S608
@@ -84,16 +86,14 @@ class Snapshot:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def goal(self, goal_id: str) -> GoalRow | None:
-        """The goal, if this snapshot still holds it."""
-        return self._goals.get(goal_id)
+    def goal(self, goal_id: str) -> GoalRow:
+        """A goal this snapshot holds (``holds``)."""
+        return self._goals[goal_id]
 
-    def tasks(self, goal_id: str, kind: str) -> list[TaskRow] | None:
-        """The goal's current tasks of ``kind`` in task order, if this snapshot holds the goal."""
-        held = self._tasks.get(goal_id)
-        if held is None:
-            return None
-        return sorted((t for t in held.values() if t.kind == kind), key=lambda t: t.task_id)
+    def tasks(self, goal_id: str, kind: str) -> list[TaskRow]:
+        """A held goal's current tasks of ``kind``, in task order."""
+        held = self._tasks[goal_id].values()
+        return sorted((t for t in held if t.kind == kind), key=lambda t: t.task_id)
 
     def task(self, goal_id: str, task_id: str) -> TaskRow | None:
         return self._tasks.get(goal_id, {}).get(task_id)

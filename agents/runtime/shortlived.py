@@ -62,10 +62,14 @@ class Leases:
         (pipe or self._redis).zadd(self._key, dict.fromkeys(members, time.time() + self._ttl))
 
     def release(self, *leases: Lease, pipe: Pipeline | None = None) -> None:
+        self.forget(*leases)
+        (pipe or self._redis).zrem(self._key, *[lease.member() for lease in leases])
+
+    def forget(self, *leases: Lease) -> None:
+        """Stop renewing ``leases`` (an acquire whose pipeline failed): they lapse."""
         members = [lease.member() for lease in leases]
         with self._lock:
             self._held.difference_update(members)
-        (pipe or self._redis).zrem(self._key, *members)
 
     def start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)

@@ -75,6 +75,7 @@ class JsonLinesExporter(SpanExporter):
                 for e in span.events
             ],
         }
+        # The resource, serialised once per process, goes in as text before the closing brace.
         return json.dumps(body, default=str)[:-1] + ', "resource": ' + self._resource(span) + "}\n"
 
     def _resource(self, span: ReadableSpan) -> str:

@@ -110,16 +110,21 @@ class Worker:
         mine = [e for e in events if isinstance(e, ev.TaskAssigned) and self.serves(e.pool)]
         if not mine:
             return
-        goals = sorted({e.goal_id for e in mine}) if self._flags is not None else []
         pipe = self._redis.pipeline(transaction=False)
         for e in mine:
             self._replay.queue_recall(pipe, "outcome", e.task_id, e.attempt)
-        for goal_id in goals:
-            assert self._flags is not None
-            self._flags.queue_check(pipe, goal_id)
+        goals: list[str] = []
+        if self._flags is not None:
+            goals = sorted({e.goal_id for e in mine})
+            for goal_id in goals:
+                self._flags.queue_check(pipe, goal_id)
         leases = {(e.task_id, e.attempt): _lease(e) for e in mine}
         self._leases.acquire(*leases.values(), pipe=pipe)
-        answers = pipe.execute()
+        try:
+            answers = pipe.execute()
+        except redis.RedisError:
+            self._leases.forget(*leases.values())  # the handlers take their own, one by one
+            raise
         flags = answers[len(mine) : len(mine) + len(goals)]
         self._batch = _Batch(
             leases=leases,
