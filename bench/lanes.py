@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, ConsumerGroupState, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from agents import events as ev
@@ -260,10 +260,35 @@ def run_mesh(
         fleet.add(f"worker-{n + 1}", "worker")
     fleet.add("evaluator", "evaluator")
     lane = "M" if trace_ratio is None else f"M-{trace_ratio:.0%}"
+    groups = {"planner": 1, "worker-all": workers, "evaluator": 1}
     with fleet:
+        _wait_for_groups(settings, {settings.topic_prefix + g: n for g, n in groups.items()})
         return _drive_mesh(
             settings, fleet, lane=lane, shape=shape, goals=goals, in_flight=in_flight
         )
+
+
+def _wait_for_groups(settings: MeshSettings, members: dict[str, int]) -> None:
+    """Until every consumer group has all its members, each with partitions: a member joining
+    later makes the group rebalance, and its partitions stall meanwhile (up to a heartbeat
+    interval), which belongs to start-up, not to the tasks measured."""
+    admin = AdminClient(client_config(settings, client_id="bench"))
+    deadline = Deadline("the mesh's consumer groups to settle", 60)
+    while True:
+        futures = admin.describe_consumer_groups(list(members))
+        described = {name: future.result() for name, future in futures.items()}
+        if all(_settled(described[name], count) for name, count in members.items()):
+            return
+        deadline.check()
+        time.sleep(0.1)
+
+
+def _settled(group: Any, members: int) -> bool:
+    return bool(
+        group.state == ConsumerGroupState.STABLE
+        and len(group.members) == members
+        and all(m.assignment.topic_partitions for m in group.members)
+    )
 
 
 def _goal_input(shape: str) -> dict[str, Any]:
