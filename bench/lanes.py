@@ -19,8 +19,8 @@ from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import client_config, consumer_config, fetch, producer_config
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
-from bench.driver import SHAPES, Deadline, Window
-from bench.model import LaneRun, ProcessUsage, load_label
+from bench.driver import SHAPES, Deadline, Window, offered
+from bench.model import LaneRun, ProcessUsage
 from bench.procs import InfraUsage, self_usage, since, usage
 from schemas.codec import Codec
 from topics.admin import ensure
@@ -56,6 +56,7 @@ def run_raw(
     in_flight: int,
     log_dir: Path,
     avro: bool = False,
+    rate: float | None = None,
 ) -> LaneRun:
     """Three hops per task (task, result, verdict) through two relay processes; the driver
     plays the planner. No database. R0 moves bytes; R1 (``avro``) also decodes every record and
@@ -87,6 +88,7 @@ def run_raw(
             shape=shape,
             goals=goals,
             in_flight=in_flight,
+            rate=rate,
             relays=relays,
         )
     finally:
@@ -170,10 +172,12 @@ def _drive_raw(
     shape: str,
     goals: int,
     in_flight: int,
+    rate: float | None,
     relays: list[subprocess.Popen[bytes]],
 ) -> LaneRun:
     _warm_up(driver.submit, driver.poll)
-    flight = Window(goals=goals, in_flight=in_flight, deadline=Deadline(lane, TIMEOUT_S))
+    deadline = Deadline(lane, TIMEOUT_S)
+    flight = offered(shape=shape, goals=goals, in_flight=in_flight, deadline=deadline, rate=rate)
     driver.overheads.clear()
 
     def sample() -> list[ProcessUsage]:
@@ -211,7 +215,7 @@ def _result(
         shape=shape,
         goals=flight.goals,
         tasks=flight.goals * SHAPES[shape],
-        load=load_label(flight.in_flight),
+        load=flight.load,
         wall_s=wall,
         goal_latencies_s=flight.latencies,
         task_overheads_s=overheads,
@@ -237,6 +241,7 @@ def run_mesh(
     workers: int,
     log_dir: Path,
     trace_ratio: float | None = None,
+    rate: float | None = None,
 ) -> LaneRun:
     """The real planner, workers and evaluator processes, ledger and all; tools are instant.
     Every goal is traced, or (``trace_ratio``) that share of goals, as under load in production."""
@@ -264,7 +269,7 @@ def run_mesh(
     with fleet:
         _wait_for_groups(settings, {settings.topic_prefix + g: n for g, n in groups.items()})
         return _drive_mesh(
-            settings, fleet, lane=lane, shape=shape, goals=goals, in_flight=in_flight
+            settings, fleet, lane=lane, shape=shape, goals=goals, in_flight=in_flight, rate=rate
         )
 
 
@@ -306,7 +311,14 @@ def _goal_input(shape: str) -> dict[str, Any]:
 
 
 def _drive_mesh(
-    settings: MeshSettings, fleet: Fleet, *, lane: str, shape: str, goals: int, in_flight: int
+    settings: MeshSettings,
+    fleet: Fleet,
+    *,
+    lane: str,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    rate: float | None,
 ) -> LaneRun:
     codec = Codec()
     publisher = Publisher(settings=settings, codec=codec, client_id="bench-driver")
@@ -344,7 +356,8 @@ def _drive_mesh(
 
     _warm_up(submit, poll)
     warm = list(ids)
-    flight = Window(goals=goals, in_flight=in_flight, deadline=Deadline(lane, TIMEOUT_S))
+    deadline = Deadline(lane, TIMEOUT_S)
+    flight = offered(shape=shape, goals=goals, in_flight=in_flight, deadline=deadline, rate=rate)
 
     def sample() -> list[ProcessUsage]:
         return [usage(m.proc.pid, m.name) for m in fleet.members if m.proc] + [self_usage("driver")]

@@ -6,8 +6,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-def load_label(in_flight: int) -> str:
-    """How a run's load is named in every lane: one goal in flight, or how many."""
+def load_label(in_flight: int, rate: float | None = None) -> str:
+    """How a run's load is named in every lane: one goal in flight, how many, or the offered
+    rate in tasks a second."""
+    if rate is not None:
+        return f"offered:{rate:.0f}/s"
     return "single" if in_flight <= 1 else f"in_flight:{in_flight}"
 
 
@@ -29,7 +32,7 @@ class LaneRun:
     shape: str  # chain | fanout
     goals: int
     tasks: int
-    load: str  # load_label(): "single" or "in_flight:<goals>"
+    load: str  # load_label(): "single", "in_flight:<goals>" or "offered:<tasks>/s"
     wall_s: float
     goal_latencies_s: list[float] = field(default_factory=list)
     task_overheads_s: list[float] = field(default_factory=list)  # dispatch → verdict, tool excluded
@@ -37,6 +40,7 @@ class LaneRun:
     end_lag: int = 0  # records still unconsumed at the end (Kafka lanes)
     durability: str = ""  # what survives a crash, in a few words
     notes: str = ""
+    series: str = "main"  # main | workers (scaling) | goals (goal count) | offered (fixed rate)
 
     @property
     def tasks_per_s(self) -> float:

@@ -39,11 +39,15 @@ def _find(runs: list[LaneRun], lane: str, shape: str, single: bool) -> LaneRun |
         if (
             r.lane == lane
             and r.shape == shape
-            and (r.load == "single") == single
-            and "workers" not in r.notes
+            and (r.load == "single" if single else _saturation(r))
         ):
             return r
     return None
+
+
+def _saturation(run: LaneRun) -> bool:
+    """A run of the main series at saturation (not offered a rate, not a scaling run)."""
+    return run.series == "main" and run.load != "single"
 
 
 def ratios(runs: list[LaneRun]) -> dict[str, Any]:
@@ -77,7 +81,7 @@ def render_png(runs: list[LaneRun], path: Path) -> None:
     except ImportError:
         print("bench: matplotlib is not installed (pip install .[bench]); no plot")
         return
-    saturated = [r for r in runs if r.load != "single" and "workers" not in r.notes]
+    saturated = [r for r in runs if _saturation(r)]
     labels = [f"{r.lane}\n{r.shape}" for r in saturated]
     fig, ax = plt.subplots(figsize=(max(6, len(labels) * 0.9), 4))
     ax.bar(labels, [r.tasks_per_s for r in saturated], color="#4c72b0")

@@ -21,6 +21,7 @@ from typing import Any
 
 from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
+from bench.driver import SHAPES
 from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
 from bench.report import ratios, render_png, table
@@ -33,10 +34,18 @@ class Plan:
     in_flight: int
     workers: tuple[int, ...]
     many_goals: int = 0  # the mesh once more with this many chain goals (0: not run)
+    # Fixed offered rates, as shares of R0's saturation throughput on chains, for these lanes.
+    rates: tuple[float, ...] = ()
+    rate_lanes: tuple[str, ...] = ()
 
 
 QUICK = Plan(
-    single_goals=10, saturation_goals={"chain": 100, "fanout": 20}, in_flight=50, workers=(2,)
+    single_goals=10,
+    saturation_goals={"chain": 100, "fanout": 20},
+    in_flight=50,
+    workers=(2,),
+    rates=(0.5,),
+    rate_lanes=("M",),
 )
 FULL = Plan(
     single_goals=40,
@@ -44,7 +53,10 @@ FULL = Plan(
     in_flight=200,
     workers=(1, 2, 4),
     many_goals=10_000,
+    rates=(0.1, 0.5, 0.9),
+    rate_lanes=("R0", "R1", "M", "M-1%", "celery", "dbos"),
 )
+RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
 
 Lane = Callable[..., LaneRun]
 
@@ -96,6 +108,7 @@ def run(plan: Plan, out: Path) -> list[LaneRun]:
         for name, lane in lanes.items():
             goals = plan.saturation_goals[shape]
             runs.append(_one(name, lane, shape=shape, goals=goals, in_flight=plan.in_flight))
+    runs += _offered_rates(plan, lanes, ceiling=_saturated(runs, "R0", "chain"))
     for workers in plan.workers:
         if workers != 2:  # the scaling series: the mesh with 1 and 4 workers besides 2
             goals = plan.saturation_goals["chain"]
@@ -103,6 +116,8 @@ def run(plan: Plan, out: Path) -> list[LaneRun]:
                 _one(
                     "M",
                     lanes["M"],
+                    series="workers",
+                    note=f"{workers} workers",
                     shape="chain",
                     goals=goals,
                     in_flight=plan.in_flight,
@@ -111,17 +126,56 @@ def run(plan: Plan, out: Path) -> list[LaneRun]:
             )
     if plan.many_goals:  # the goal-count series: 1k above, 10k here
         runs.append(
-            _one("M", lanes["M"], shape="chain", goals=plan.many_goals, in_flight=plan.in_flight)
+            _one(
+                "M",
+                lanes["M"],
+                series="goals",
+                note=f"{plan.many_goals} goals",
+                shape="chain",
+                goals=plan.many_goals,
+                in_flight=plan.in_flight,
+            )
         )
     return runs
 
 
-def _one(name: str, lane: Lane, **kw: Any) -> LaneRun:
+def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
+    found = [r for r in runs if r.lane == lane and r.shape == shape and r.load.startswith("in_")]
+    return found[0].tasks_per_s if found else 0.0
+
+
+def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> list[LaneRun]:
+    """Chains offered at shares of R0's saturation rate: each run offers goals for about
+    RATE_RUN_S seconds (at most the saturation run's goal count) and waits for all of them."""
+    runs = []
+    for share in plan.rates:
+        rate = share * ceiling
+        goals = int(rate / SHAPES["chain"] * RATE_RUN_S)
+        goals = max(10, min(goals, plan.saturation_goals["chain"]))
+        for name in plan.rate_lanes:
+            if name in lanes:
+                run = _one(
+                    name,
+                    lanes[name],
+                    series="offered",
+                    note=f"{share:.0%} of R0's saturation",
+                    shape="chain",
+                    goals=goals,
+                    in_flight=plan.in_flight,
+                    rate=rate,
+                )
+                runs.append(run)
+    return runs
+
+
+def _one(name: str, lane: Lane, *, series: str = "main", note: str = "", **kw: Any) -> LaneRun:
     began = time.monotonic()
     print(f"bench: {name} {kw} ...", file=sys.stderr, flush=True)
     result = lane(**kw)
+    result.series = series
+    if note:
+        result.notes = f"{note}. {result.notes}".strip()
     if "workers" in kw:  # the scaling series
-        result.notes = f"{kw['workers']} workers. {result.notes}".strip()
         result.load = f"{result.load} w{kw['workers']}"
     print(
         f"bench: {name} done in {time.monotonic() - began:.1f}s: {result.tasks_per_s:.0f} tasks/s",

@@ -17,9 +17,9 @@ from typing import Any
 import redis
 from celery import Celery, chain, chord, group
 
-from bench.driver import SHAPES, Deadline, LaneTimeout, Window
+from bench.driver import SHAPES, Deadline, LaneTimeout, Window, offered
 from bench.driver import peer_tasks_per_goal as tasks_per_goal
-from bench.model import LaneRun, ProcessUsage, load_label
+from bench.model import LaneRun, ProcessUsage
 from bench.peers._procs import (
     DriverUsage,
     TreeUsage,
@@ -203,16 +203,27 @@ class _Collector:
 
 
 def _drive(
-    celery_app: Any, shape: str, goals: int, in_flight: int, deadline: Deadline
+    celery_app: Any,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    deadline: Deadline,
+    rate: float | None = None,
 ) -> tuple[Window, _Collector]:
-    window = Window(goals=goals, in_flight=in_flight, deadline=deadline)
+    window = offered(shape=shape, goals=goals, in_flight=in_flight, deadline=deadline, rate=rate)
     collector = _Collector(celery_app, shape, window)
     window.run(collector.submit, collector.collect)
     return window, collector
 
 
 def run_celery(
-    *, redis_url: str, shape: str, goals: int, in_flight: int, workers: int = 2
+    *,
+    redis_url: str,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    workers: int = 2,
+    rate: float | None = None,
 ) -> LaneRun:
     """Run `goals` goals of `shape` through a Celery worker with `workers` prefork children."""
     tasks_per_goal(shape)
@@ -230,7 +241,7 @@ def run_celery(
         driver = DriverUsage("celery-driver")
         tree, infra = TreeUsage([worker], "celery-worker"), InfraUsage()
         began = time.perf_counter()
-        window, collector = _drive(celery_app, shape, goals, in_flight, deadline)
+        window, collector = _drive(celery_app, shape, goals, in_flight, deadline, rate)
         wall = time.perf_counter() - began
         processes: list[ProcessUsage] = [*tree.finish(), driver.finish(), *infra.finish()]
     except LaneTimeout as error:
@@ -245,7 +256,7 @@ def run_celery(
         shape=shape,
         goals=goals,
         tasks=goals * tasks_per_goal(shape),
-        load=load_label(in_flight),
+        load=window.load,
         wall_s=wall,
         goal_latencies_s=window.latencies,
         task_overheads_s=collector.overheads,

@@ -27,9 +27,9 @@ import psycopg
 from dbos import DBOS, DBOSClient, DBOSConfig, WorkflowHandle
 from psycopg import sql
 
-from bench.driver import SHAPES, Deadline, LaneTimeout, Window
+from bench.driver import SHAPES, Deadline, LaneTimeout, Window, offered
 from bench.driver import peer_tasks_per_goal as tasks_per_goal
-from bench.model import LaneRun, ProcessUsage, load_label
+from bench.model import LaneRun, ProcessUsage
 from bench.peers._procs import (
     DriverUsage,
     TreeUsage,
@@ -207,16 +207,27 @@ class _Collector:
 
 
 def _drive(
-    client: DBOSClient, shape: str, goals: int, in_flight: int, deadline: Deadline
+    client: DBOSClient,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    deadline: Deadline,
+    rate: float | None = None,
 ) -> tuple[Window, _Collector]:
-    window = Window(goals=goals, in_flight=in_flight, deadline=deadline)
+    window = offered(shape=shape, goals=goals, in_flight=in_flight, deadline=deadline, rate=rate)
     collector = _Collector(client, shape, window)
     window.run(collector.submit, collector.collect)
     return window, collector
 
 
 def _measure(
-    url: str, shape: str, goals: int, in_flight: int, procs: list[Any], deadline: Deadline
+    url: str,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    procs: list[Any],
+    deadline: Deadline,
+    rate: float | None,
 ) -> tuple[float, Window, _Collector, list[ProcessUsage]]:
     client = DBOSClient(system_database_url=url)
     try:
@@ -224,7 +235,7 @@ def _measure(
         driver = DriverUsage("dbos-driver")
         tree, infra = TreeUsage(procs, "dbos-worker"), InfraUsage()
         began = time.perf_counter()
-        window, collector = _drive(client, shape, goals, in_flight, deadline)
+        window, collector = _drive(client, shape, goals, in_flight, deadline, rate)
         wall = time.perf_counter() - began
         return wall, window, collector, [*tree.finish(), driver.finish(), *infra.finish()]
     finally:
@@ -232,7 +243,13 @@ def _measure(
 
 
 def run_dbos(
-    *, database_url: str, shape: str, goals: int, in_flight: int, workers: int = 2
+    *,
+    database_url: str,
+    shape: str,
+    goals: int,
+    in_flight: int,
+    workers: int = 2,
+    rate: float | None = None,
 ) -> LaneRun:
     """Run `goals` goals of `shape` as DBOS workflows served by `workers` worker processes."""
     tasks_per_goal(shape)
@@ -245,7 +262,9 @@ def run_dbos(
         # One at a time: the first launch creates DBOS's schema, the others find it there.
         for index in range(workers):
             procs.append(_start_worker(url, index, log, deadline))
-        wall, window, collector, processes = _measure(url, shape, goals, in_flight, procs, deadline)
+        wall, window, collector, processes = _measure(
+            url, shape, goals, in_flight, procs, deadline, rate
+        )
     except LaneTimeout as error:
         raise LaneTimeout(f"{error}; worker log: {log}") from error
     finally:
@@ -259,7 +278,7 @@ def run_dbos(
         shape=shape,
         goals=goals,
         tasks=goals * tasks_per_goal(shape),
-        load=load_label(in_flight),
+        load=window.load,
         wall_s=wall,
         goal_latencies_s=window.latencies,
         task_overheads_s=collector.overheads,
