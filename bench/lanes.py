@@ -23,7 +23,7 @@ from bench.driver import SHAPES, Deadline, Window, offered
 from bench.model import LaneRun, ProcessUsage
 from bench.procs import InfraUsage, self_usage, since, usage
 from schemas.codec import Codec
-from topics.admin import ensure
+from topics.admin import drop, ensure
 
 TIMEOUT_S = 300.0
 
@@ -92,9 +92,7 @@ def run_raw(
             relays=relays,
         )
     finally:
-        for proc in relays:
-            proc.terminate()
-            proc.wait(15)
+        _stop(relays)
         admin.delete_topics(names)
 
 
@@ -242,9 +240,14 @@ def run_mesh(
     log_dir: Path,
     trace_ratio: float | None = None,
     rate: float | None = None,
+    relays: bool = False,
 ) -> LaneRun:
     """The real planner, workers and evaluator processes, ledger and all; tools are instant.
-    Every goal is traced, or (``trace_ratio``) that share of goals, as under load in production."""
+    Every goal is traced, or (``trace_ratio``) that share of goals, as under load in production.
+
+    With ``relays`` this is R2: R1's Avro relays stand in for the worker and the evaluator, so
+    what is added to R1 is the planner with its ledger (inbox, batch snapshot, set-wise writes,
+    outbox), and no Redis, tool or judgement work."""
     settings = settings.model_copy(update={"topic_prefix": f"bench.{uuid.uuid4().hex[:8]}."})
     ensure(settings)
     env = os.environ | {
@@ -261,16 +264,53 @@ def run_mesh(
         }
     fleet = Fleet(env=env, log_dir=log_dir)
     fleet.add("planner", "planner")
-    for n in range(workers):
-        fleet.add(f"worker-{n + 1}", "worker")
-    fleet.add("evaluator", "evaluator")
-    lane = "M" if trace_ratio is None else f"M-{trace_ratio:.0%}"
+    if relays:
+        workers, lane = 1, "R2"
+    else:
+        for n in range(workers):
+            fleet.add(f"worker-{n + 1}", "worker")
+        fleet.add("evaluator", "evaluator")
+        lane = "M" if trace_ratio is None else f"M-{trace_ratio:.0%}"
     groups = {"planner": 1, "worker-all": workers, "evaluator": 1}
-    with fleet:
-        _wait_for_groups(settings, {settings.topic_prefix + g: n for g, n in groups.items()})
-        return _drive_mesh(
-            settings, fleet, lane=lane, shape=shape, goals=goals, in_flight=in_flight, rate=rate
+    stand_ins = _stand_ins(settings.topic_prefix, env, log_dir) if relays else {}
+    try:
+        with fleet:
+            _wait_for_groups(settings, {settings.topic_prefix + g: n for g, n in groups.items()})
+            return _drive_mesh(
+                settings,
+                fleet,
+                lane=lane,
+                shape=shape,
+                goals=goals,
+                in_flight=in_flight,
+                rate=rate,
+                extra=stand_ins,
+            )
+    finally:
+        _stop(list(stand_ins.values()))
+        drop(settings)
+
+
+def _stand_ins(
+    prefix: str, env: dict[str, str], log_dir: Path
+) -> dict[str, subprocess.Popen[bytes]]:
+    """R1's relays in the worker's and the evaluator's consumer groups and places: tasks become
+    results, results become verdicts on the same topic (the relay drops what is not its input)."""
+    hops = {"worker": ("tasks", "worker-all"), "evaluator": ("results", "evaluator")}
+    return {
+        f"relay-{role}": _spawn(
+            ["-m", "bench.relay", prefix + source, prefix + "results", prefix + group, "--avro"],
+            env,
+            log_dir / f"relay-{role}.log",
         )
+        for role, (source, group) in hops.items()
+    }
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+        proc.wait(15)
 
 
 def _wait_for_groups(settings: MeshSettings, members: dict[str, int]) -> None:
@@ -319,6 +359,7 @@ def _drive_mesh(
     goals: int,
     in_flight: int,
     rate: float | None,
+    extra: dict[str, subprocess.Popen[bytes]],
 ) -> LaneRun:
     codec = Codec()
     publisher = Publisher(settings=settings, codec=codec, client_id="bench-driver")
@@ -360,7 +401,8 @@ def _drive_mesh(
     flight = offered(shape=shape, goals=goals, in_flight=in_flight, deadline=deadline, rate=rate)
 
     def sample() -> list[ProcessUsage]:
-        return [usage(m.proc.pid, m.name) for m in fleet.members if m.proc] + [self_usage("driver")]
+        mesh = [usage(m.proc.pid, m.name) for m in fleet.members if m.proc]
+        return mesh + [usage(p.pid, name) for name, p in extra.items()] + [self_usage("driver")]
 
     before, infra = sample(), InfraUsage()
     wall = flight.run_polling(submit, poll)

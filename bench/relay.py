@@ -3,7 +3,8 @@ offsets after the batch is acknowledged. The same client settings as the mesh.
 
 R0 passes the bytes on untouched. R1 (``--avro``) does the mesh's Avro work as well: it decodes
 each record with the codec and encodes the event the next role would send (a task becomes a
-result, a result a verdict), but touches no database.
+result, a result a verdict), but touches no database; other events (a verdict or a goal's end
+on the mesh's results topic, in R2) it decodes and drops.
 
     python -m bench.relay FROM_TOPIC TO_TOPIC GROUP [--avro]
 """
@@ -23,6 +24,7 @@ from agents.runtime.settings import MeshSettings
 from schemas.codec import Codec
 
 Transform = Callable[[bytes | None], bytes | None]
+"""A record's value to the value to send on; None: nothing to send."""
 
 
 def untouched(value: bytes | None) -> bytes | None:
@@ -48,8 +50,7 @@ def next_event(codec: Codec) -> Transform:
                 started_at=now,
                 finished_at=now,
             )
-        else:
-            assert isinstance(event, ev.TaskCompleted)
+        elif isinstance(event, ev.TaskCompleted):
             reply = ev.TaskEvaluated(
                 envelope=env,
                 task_id=event.task_id,
@@ -59,6 +60,8 @@ def next_event(codec: Codec) -> Transform:
                 confidence=1.0,
                 reason="relay",
             )
+        else:
+            return None  # not for this hop
         return codec.encode(reply)
 
     return answer
@@ -75,7 +78,9 @@ def main(source: str, target: str, group: str, *flags: str) -> int:
     while running["on"]:
         batch = [m for m in fetch(consumer, 500, 0.1) if not m.error()]
         for m in batch:
-            producer.produce(target, transform(m.value()), m.key(), headers=m.headers())
+            value = transform(m.value())
+            if value is not None:
+                producer.produce(target, value, m.key(), headers=m.headers())
         producer.flush()
         last: dict[int, int] = {}
         for m in batch:

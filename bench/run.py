@@ -54,7 +54,7 @@ FULL = Plan(
     workers=(1, 2, 4),
     many_goals=10_000,
     rates=(0.1, 0.5, 0.9),
-    rate_lanes=("R0", "R1", "M", "M-1%", "celery", "dbos"),
+    rate_lanes=("R0", "R1", "R2", "M", "M-1%", "celery", "dbos"),
 )
 RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
 
@@ -65,6 +65,7 @@ def _lanes(settings: MeshSettings, logs: Path) -> dict[str, Lane]:
     lanes: dict[str, Lane] = {
         "R0": lambda **kw: run_raw(settings, log_dir=logs / "r0", **kw),
         "R1": lambda **kw: run_raw(settings, log_dir=logs / "r1", avro=True, **kw),
+        "R2": lambda **kw: run_mesh(settings, workers=1, log_dir=logs / "r2", relays=True, **kw),
         "M": lambda workers=2, **kw: run_mesh(settings, workers=workers, log_dir=logs / "m", **kw),
         # The same mesh tracing 1% of goals (head sampling), as a loaded deployment would.
         "M-1%": lambda workers=2, **kw: run_mesh(

@@ -13,7 +13,7 @@ from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
 from tests.mesh_support import wait_for_group_coordinator
 from tests.support import unique
-from topics.admin import ensure
+from topics.admin import drop, ensure
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +56,9 @@ def stack_settings() -> Iterator[MeshSettings]:
 
 
 @pytest.fixture
-def mesh_settings(stack_settings: MeshSettings) -> MeshSettings:
-    """Settings with a topic prefix of this test's own, its topics created."""
+def mesh_settings(stack_settings: MeshSettings) -> Iterator[MeshSettings]:
+    """Settings with a topic prefix of this test's own, its topics created (and dropped after)."""
     settings = stack_settings.model_copy(update={"topic_prefix": unique("t.") + "."})
     ensure(settings)
-    return settings
+    yield settings
+    drop(settings)

@@ -1,4 +1,5 @@
-"""Create the catalogue's topics, report drift, and list them with their end offsets."""
+"""Create the catalogue's topics, report drift, list them with their end offsets, and drop a
+prefix's topics when a short-lived mesh (a test's, a benchmark run's) is done with them."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def ensure(settings: MeshSettings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> 
             TopicState(spec.name(settings.topic_prefix), "drift" if drift else "ok", drift)
         )
     return states
+
+
+def drop(settings: MeshSettings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> None:
+    """Delete the topics of ``settings.topic_prefix``. Every partition a broker carries costs it
+    work on every request, so meshes that come and go should not leave theirs behind."""
+    admin = AdminClient(client_config(settings, client_id="mesh-topics"))
+    futures = admin.delete_topics([s.name(settings.topic_prefix) for s in specs])
+    for future in futures.values():
+        try:
+            future.result(timeout=settings.connect_timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise
 
 
 def _create(admin: AdminClient, settings: MeshSettings, specs: list[TopicSpec]) -> None:

@@ -87,6 +87,9 @@ class LedgerSink:
         self._delivered += deliver(runtime.publisher, sent)
         return [item.delivery for item in items]
 
+    def close(self) -> None:
+        self.settle()
+
     def settle(self) -> None:
         """Delete the outbox rows delivered since the last batch (call when idle)."""
         if self._delivered:
@@ -234,13 +237,14 @@ def forget(conn: Connection, ids: Sequence[int]) -> None:
 
 
 def sweep(pool: ConnectionPool, publisher: Publisher, *, older_than_s: float = 2.0) -> int:
-    """Send outbox records that their writer did not relay (it died); returns how many."""
+    """Send outbox records of this publisher's mesh (its topic prefix: several meshes may share
+    one ledger) that their writer did not relay (it died); returns how many."""
     with pool.connection() as conn, conn.transaction():
         rows = conn.execute(
             "select id, topic, key, value, headers from outbox "
-            "where created_at < now() - make_interval(secs => %s) "
+            "where created_at < now() - make_interval(secs => %s) and starts_with(topic, %s) "
             "order by id limit 1000 for update skip locked",
-            (older_than_s,),
+            (older_than_s, publisher.topic_prefix),
         ).fetchall()
         if not rows:
             return 0

@@ -99,6 +99,9 @@ class Sink(Protocol):
 
     def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]: ...
 
+    def close(self) -> None:
+        """The runtime is stopping: settle what is pending (called before the consumer closes)."""
+
 
 class RuntimeHandle(Protocol):
     """What a sink may use of the runtime that feeds it."""
@@ -244,8 +247,9 @@ class ConsumerRuntime:
         self.publisher.publish(letter, key=delivery.key)
 
     def close(self) -> None:
-        """Flush what was emitted, commit stored offsets, leave the group."""
+        """Settle the sink, flush what was emitted, commit stored offsets, leave the group."""
         try:
+            self._sink.close()
             self.publisher.flush()
         finally:
             self._consumer.close()
@@ -295,6 +299,10 @@ class HandlerSink:
             if self._hooks is not None:
                 self._hooks.after_batch()
         return [d for d in done if d is not None]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _finish(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:
         with bind(**log_fields(item.event)):

@@ -49,6 +49,7 @@ class Publisher:
 
     def __init__(self, *, settings: MeshSettings, codec: Codec, client_id: str) -> None:
         self._settings = settings
+        self.topic_prefix = settings.topic_prefix  # the mesh whose topics this publisher serves
         self._codec = codec
         self._producer = Producer(producer_config(settings, client_id=client_id))
         self._failures: list[str] = []
