@@ -87,10 +87,9 @@ class Planner:
     # -- one batch at a time -----------------------------------------------------------------
 
     def before_batch(self, conn: Connection, events: Sequence[ev.Event]) -> None:
-        """Lock and read every goal the batch is about, at once (see ``snapshot``). A submitted
-        goal is new: it is inserted and planned on the ledger, never through the snapshot."""
-        known = [e.goal_id for e in events if not isinstance(e, ev.GoalSubmitted)]
-        self._snapshot = Snapshot.load(conn, known)
+        """Lock and read every goal the batch is about, at once (see ``snapshot``); that also
+        tells which submitted goals are new."""
+        self._snapshot = Snapshot.load(conn, [e.goal_id for e in events])
 
     def after_batch(self, completed: bool) -> None:
         """Write what the batch held back (``completed``), or forget it (the batch failed)."""
@@ -147,13 +146,17 @@ class Planner:
     def on_submitted(
         self, event: ev.GoalSubmitted, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
-        if not L.insert_goal(conn, event, _traceparent(delivery), self.mesh):
+        snapshot = self._snapshot
+        new = snapshot is not None and snapshot.is_new(event.goal_id)
+        if not L.insert_goal(conn, event, _traceparent(delivery), self.mesh, known_new=new):
             return []  # the same goal submitted again: it is already in hand
-        goal = _locked(conn, event.goal_id)
+        goal = L.goal_row(event) if new else _locked(conn, event.goal_id)
         planned = self._plan(conn, goal, event.event_id)
         if not isinstance(planned, Planned):
             return planned
-        L.insert_plan(conn, goal, planned, self._pools)
+        tasks = L.insert_plan(conn, goal, planned, self._pools)
+        if new and snapshot is not None and snapshot.is_new(goal.goal_id):
+            snapshot.adopt(_planned(goal, planned), tasks)  # what follows reads no row back
         return self._advance(conn, goal.goal_id, event.event_id)
 
     def _plan(
@@ -591,7 +594,8 @@ class Planner:
             return planned
         L.count_replan(conn, goal.goal_id)
         L.supersede(conn, goal.goal_id, goal.plan_version)
-        version = L.insert_plan(conn, goal, planned, self._pools, reason=context)
+        version = goal.plan_version + 1
+        L.insert_plan(conn, goal, planned, self._pools, reason=context)
         L.carry_over(conn, goal.goal_id, goal.plan_version, version)
         return self._advance(conn, goal.goal_id, verdict.event_id)
 
@@ -828,6 +832,20 @@ class Planner:
             correlation_id=goal_id,
             causation_id=cause_id or None,
         )
+
+
+def _planned(goal: GoalRow, planned: Planned) -> GoalRow:
+    """A new goal's row once its first plan is stored and the planning charged."""
+    usage = planned.usage
+    return dataclasses.replace(
+        goal,
+        status="running",
+        plan_version=goal.plan_version + 1,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        tokens=usage.input_tokens + usage.output_tokens,
+        cost_usd=usage.cost_usd,
+    )
 
 
 def _left_effects(attempt: dict[str, Any]) -> bool:

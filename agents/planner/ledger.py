@@ -51,10 +51,16 @@ _TASK_COLUMNS = task_columns()
 
 
 def insert_goal(
-    conn: Connection, goal: ev.GoalSubmitted, trace_parent: str | None, mesh: str
+    conn: Connection,
+    goal: ev.GoalSubmitted,
+    trace_parent: str | None,
+    mesh: str,
+    *,
+    known_new: bool = False,
 ) -> bool:
-    """Record a new goal; False when it is already known (a repeated submission)."""
-    row = conn.execute(
+    """Record a new goal; False when it is already known (a repeated submission). ``known_new``:
+    the caller knows it is not, so the answer is not waited for."""
+    inserted = conn.execute(
         "insert into goals (goal_id, text, input, status, max_steps, max_tokens, budget_usd, "
         "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at, "
         "max_replans, compensation_policy, mesh) "
@@ -76,8 +82,29 @@ def insert_goal(
             goal.compensation_policy,
             mesh,
         ),
-    ).fetchone()
-    return row is not None
+    )
+    return known_new or inserted.fetchone() is not None
+
+
+def goal_row(goal: ev.GoalSubmitted) -> GoalRow:
+    """The row ``insert_goal`` just stored, without reading it back."""
+    return GoalRow(
+        goal_id=goal.goal_id,
+        text=goal.text,
+        input=goal.input,
+        status="planning",
+        max_steps=goal.max_steps,
+        max_tokens=goal.max_tokens,
+        budget_usd=goal.budget_usd,
+        deadline_at=goal.deadline_at,
+        plan_version=0,
+        steps_used=0,
+        tokens=0,
+        cost_usd=0.0,
+        submitted_at=goal.envelope.occurred_at,
+        max_replans=goal.max_replans,
+        compensation_policy=goal.compensation_policy,
+    )
 
 
 def lock_goal(conn: Connection, goal_id: str) -> GoalRow | None:
@@ -117,8 +144,8 @@ def task_row(row: dict[str, Any]) -> TaskRow:
 
 def insert_plan(
     conn: Connection, goal: GoalRow, planned: Planned, pools: dict[str, str], reason: str = ""
-) -> int:
-    """Store a new plan version and its tasks; returns the version."""
+) -> list[TaskRow]:
+    """Store a new plan version and its tasks; returns the tasks as stored."""
     version = goal.plan_version + 1
     steps = planned.draft.steps
     conn.execute(
@@ -133,37 +160,48 @@ def insert_plan(
             reason,
         ),
     )
-    _insert_tasks(conn, goal.goal_id, version, steps, pools)
-    conn.execute(
-        "update goals set plan_version = %s, status = 'running' where goal_id = %s",
-        (version, goal.goal_id),
-    )
-    return version
-
-
-def _insert_tasks(
-    conn: Connection, goal_id: str, version: int, steps: Sequence[PlanStep], pools: dict[str, str]
-) -> None:
+    tasks = [_new_task(goal.goal_id, version, s, pools[s.tool]) for s in steps]
     with conn.cursor() as cur:
         cur.executemany(
             "insert into tasks (task_id, goal_id, plan_version, step_id, tool, arguments, "
             "depends_on, pool, status, idempotency_key) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)",
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 (
-                    f"{goal_id}.{version}.{s.id}",
-                    goal_id,
+                    t.task_id,
+                    goal.goal_id,
                     version,
-                    s.id,
-                    s.tool,
-                    Jsonb(s.arguments),
-                    s.depends_on,
-                    pools[s.tool],
-                    f"{goal_id}:{s.id}",
+                    t.step_id,
+                    t.tool,
+                    Jsonb(t.arguments),
+                    list(t.depends_on),
+                    t.pool,
+                    t.status,
+                    t.idempotency_key,
                 )
-                for s in steps
+                for t in tasks
             ],
         )
+    conn.execute(
+        "update goals set plan_version = %s, status = 'running' where goal_id = %s",
+        (version, goal.goal_id),
+    )
+    return tasks
+
+
+def _new_task(goal_id: str, version: int, step: PlanStep, pool: str) -> TaskRow:
+    return TaskRow(
+        task_id=f"{goal_id}.{version}.{step.id}",
+        step_id=step.id,
+        tool=step.tool,
+        arguments=step.arguments,
+        depends_on=tuple(step.depends_on),
+        pool=pool,
+        status="pending",
+        attempt=0,
+        idempotency_key=f"{goal_id}:{step.id}",
+        result=None,
+    )
 
 
 def dispatch(

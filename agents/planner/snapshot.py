@@ -48,6 +48,7 @@ class Snapshot:
         self._goals = goals
         self._tasks = tasks
         self._outcomes = outcomes
+        self._absent: set[str] = set()  # asked for, not in the ledger: goals submitted just now
         self._recorded: list[L.Outcome] = []
         self._verdicts: list[ev.TaskEvaluated] = []
         self._succeeded: list[str] = []
@@ -82,7 +83,9 @@ class Snapshot:
                 task = L.task_row(row)
                 by_goal[goal_id][task.task_id] = task
                 outcomes[task.task_id] = outcome
-        return cls(conn, held, by_goal, outcomes)
+        snapshot = cls(conn, held, by_goal, outcomes)
+        snapshot._absent = set(ids) - set(held)
+        return snapshot
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -100,6 +103,16 @@ class Snapshot:
 
     def holds(self, goal_id: str) -> bool:
         return goal_id in self._goals
+
+    def is_new(self, goal_id: str) -> bool:
+        """The ledger had no such goal when the batch began, and it was not taken in since."""
+        return goal_id in self._absent
+
+    def adopt(self, goal: GoalRow, tasks: list[TaskRow]) -> None:
+        """A goal this batch just stored, with its plan's tasks: held from now on."""
+        self._absent.discard(goal.goal_id)
+        self._goals[goal.goal_id] = goal
+        self._tasks[goal.goal_id] = {t.task_id: t for t in tasks}
 
     # -- the common steps ------------------------------------------------------------------------
 
@@ -146,6 +159,7 @@ class Snapshot:
         """Something other than the common steps is about to change the goal: from now on it is
         read from the ledger, which first gets every write held back so far."""
         self.flush()
+        self._absent.discard(goal_id)
         self._goals.pop(goal_id, None)
         self._tasks.pop(goal_id, None)
 
