@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -167,8 +168,19 @@ def _create_database(database_url: str) -> str:
 
 
 def _drop_database(database_url: str, name: str) -> None:
+    """Drop the run's database. FORCE ends the run's own sessions, but not an autovacuum worker
+    that happens to be in it (a superuser's process): that one finishes in moments, so retry."""
     statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    _admin(database_url, statement)
+    deadline = Deadline(f"dropping {name}", 15)
+    while True:
+        try:
+            _admin(database_url, statement)
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if deadline.left() <= 0:
+                print(f"bench: left database {name} behind (still in use)", file=sys.stderr)
+                return
+            time.sleep(0.2)
 
 
 # -- the driver -----------------------------------------------------------------------------------
