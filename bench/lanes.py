@@ -11,12 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, ConsumerGroupState, Producer
+from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from agents import events as ev
 from agents.runtime.fleet import Fleet
-from agents.runtime.kafka import client_config, consumer_config, fetch, producer_config
+from agents.runtime.kafka import (
+    client_config,
+    consumer_config,
+    fetch,
+    producer_config,
+    watermarks,
+)
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES, Deadline, Window, offered
@@ -90,6 +96,7 @@ def run_raw(
             in_flight=in_flight,
             rate=rate,
             relays=relays,
+            groups=[f"{prefix}worker", f"{prefix}evaluator"],
         )
     finally:
         _stop(relays)
@@ -110,6 +117,7 @@ class _RawDriver:
     def __init__(
         self, settings: MeshSettings, names: list[str], shape: str, codec: Codec | None
     ) -> None:
+        self.settings = settings
         self._codec = codec  # R1: encode every task, decode every verdict
         self._names = names
         self._shape = shape
@@ -172,6 +180,7 @@ def _drive_raw(
     in_flight: int,
     rate: float | None,
     relays: list[subprocess.Popen[bytes]],
+    groups: list[str],
 ) -> LaneRun:
     _warm_up(driver.submit, driver.poll)
     deadline = Deadline(lane, TIMEOUT_S)
@@ -195,6 +204,7 @@ def _drive_raw(
         overheads=driver.overheads,
         processes=procs,
         durability="acks=all, idempotent producer, offsets stored after delivery",
+        end_lag=_end_lag(driver.settings, groups),
     )
 
 
@@ -207,6 +217,7 @@ def _result(
     overheads: list[float],
     processes: list[ProcessUsage],
     durability: str,
+    end_lag: int,
 ) -> LaneRun:
     return LaneRun(
         lane=lane,
@@ -219,6 +230,7 @@ def _result(
         task_overheads_s=overheads,
         processes=processes,
         durability=durability,
+        end_lag=end_lag,
     )
 
 
@@ -285,6 +297,7 @@ def run_mesh(
                 in_flight=in_flight,
                 rate=rate,
                 extra=stand_ins,
+                groups=[settings.topic_prefix + g for g in groups],
             )
     finally:
         _stop(list(stand_ins.values()))
@@ -311,6 +324,34 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         proc.terminate()
         proc.wait(15)
+
+
+def _end_lag(settings: MeshSettings, groups: list[str], settle_s: float = 3.0) -> int:
+    """Records the lane's consumer groups have not committed when the run ends, summed over
+    their partitions. Offsets are committed every 200 ms, so this asks again until nothing is
+    left or ``settle_s`` has passed, and reports what is left then."""
+    admin = AdminClient(client_config(settings, client_id="bench"))
+    probe = Consumer(consumer_config(settings, client_id="bench", group_id="bench-lag-probe"))
+    ends = time.monotonic() + settle_s
+    try:
+        while True:
+            lag = sum(_group_lag(admin, probe, group) for group in groups)
+            if lag == 0 or time.monotonic() >= ends:
+                return lag
+            time.sleep(0.1)
+    finally:
+        probe.close()
+
+
+def _group_lag(admin: AdminClient, probe: Consumer, group: str) -> int:
+    request = [ConsumerGroupTopicPartitions(group)]
+    committed = admin.list_consumer_group_offsets(request)[group].result().topic_partitions
+    lag = 0
+    for tp in committed or []:
+        if tp.offset >= 0:
+            _, high = watermarks(probe, tp.topic, tp.partition)
+            lag += max(0, high - tp.offset)
+    return lag
 
 
 def _wait_for_groups(settings: MeshSettings, members: dict[str, int]) -> None:
@@ -360,6 +401,7 @@ def _drive_mesh(
     in_flight: int,
     rate: float | None,
     extra: dict[str, subprocess.Popen[bytes]],
+    groups: list[str],
 ) -> LaneRun:
     codec = Codec()
     publisher = Publisher(settings=settings, codec=codec, client_id="bench-driver")
@@ -416,6 +458,7 @@ def _drive_mesh(
         overheads=_overheads(settings, [i for i in ids if i not in warm]),
         processes=procs,
         durability="ledger commit per batch (fsync on), outbox, acks=all, idempotent producer",
+        end_lag=_end_lag(settings, list(groups)),
     )
 
 

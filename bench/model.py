@@ -37,7 +37,7 @@ class LaneRun:
     goal_latencies_s: list[float] = field(default_factory=list)
     task_overheads_s: list[float] = field(default_factory=list)  # dispatch → verdict, tool excluded
     processes: list[ProcessUsage] = field(default_factory=list)
-    end_lag: int = 0  # records still unconsumed at the end (Kafka lanes)
+    end_lag: int = 0  # records the lane's consumer groups left uncommitted (Kafka lanes; else 0)
     durability: str = ""  # what survives a crash, in a few words
     notes: str = ""
     series: str = "main"  # main | workers (scaling) | goals (goal count) | offered (fixed rate)

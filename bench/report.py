@@ -11,7 +11,7 @@ from bench.stats import percentile, ratio
 
 _HEAD = (
     f"{'lane':<7}{'shape':<7}{'load':<13}{'goals':>6}{'tasks/s':>9}{'ovh p50':>9}{'p95':>8}"
-    f"{'p99':>8}{'goal p50':>10}{'cpu µs/t':>10}{'infra':>8}{'rss MB':>8}"
+    f"{'p99':>8}{'goal p50':>10}{'cpu µs/t':>10}{'infra':>8}{'rss MB':>8}{'lag':>6}"
 )
 
 
@@ -26,6 +26,7 @@ def table(runs: list[LaneRun]) -> str:
             f"{_ms(percentile(o, 50)):>9}{_ms(percentile(o, 95)):>8}{_ms(percentile(o, 99)):>8}"
             f"{_ms(percentile(r.goal_latencies_s, 50)):>10}"
             f"{r.lane_cpu_us_per_task():>10.0f}{r.infra_cpu_us_per_task():>8.0f}{peak:>8.0f}"
+            f"{r.end_lag:>6}"
         )
     return "\n".join(lines)
 
