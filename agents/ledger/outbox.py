@@ -104,42 +104,58 @@ class LedgerSink:
         # Pipeline mode: statements whose results nobody reads go out without waiting for the
         # round trip, which is most of the planner's time otherwise.
         delivered = list(self._delivered)  # more may be added before the commit is known
-        with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            forget(conn, delivered)
-            fresh = self._first_seen(conn, items)
-            try:
-                with conn.transaction():  # fast path: the whole batch at once
-                    self._begin(conn, fresh)
-                    records = [r for item in fresh for r in self._run(item, conn, publisher)]
-                    self._end(completed=True)
-                refused: list[tuple[Item, str, str]] = []
-            except _RETRYABLE:
-                raise
-            except Exception:  # noqa: BLE001 - find the culprit record by record, in savepoints
-                self._end(completed=False)  # what the hooks held went with the savepoint
-                records, refused = self._one_by_one(fresh, conn, publisher)
-            finally:
-                self._end(completed=False)
-            stored = store(conn, records)
+        with self._pool.connection() as conn, conn.pipeline():
+            with conn.transaction():
+                forget(conn, delivered)
+                inbox = self._claim(conn, items)
+                self._begin(conn, items)  # its round trip brings the inbox's answer as well
+                fresh = self._fresh(inbox, items)
+                try:
+                    with conn.transaction():  # fast path: the whole batch at once
+                        records = [r for item in fresh for r in self._run(item, conn, publisher)]
+                        self._end(completed=True)
+                    refused: list[tuple[Item, str, str]] = []
+                except _RETRYABLE:
+                    raise
+                except Exception:  # noqa: BLE001 - find the culprit record by record, in savepoints
+                    self._end(completed=False)  # what the hooks held went with the savepoint
+                    records, refused = self._one_by_one(fresh, conn, publisher)
+                finally:
+                    self._end(completed=False)
+                staged = stage(conn, records)
+            stored = staged()  # the commit's round trip brought the outbox ids
         self._delivered = self._delivered[len(delivered) :]  # committed: those rows are gone
         return stored, refused
 
     def _begin(self, conn: Connection, items: Sequence[Item]) -> None:
-        if self._hooks is not None and items:
-            self._hooks.before_batch(conn, [item.event for item in items])
+        """Let the hooks read what the batch needs, in a savepoint of its own: should that fail
+        for any reason but a lost connection, the batch goes on without it."""
+        if self._hooks is None or not items:
+            return
+        try:
+            with conn.transaction():
+                self._hooks.before_batch(conn, [item.event for item in items])
+        except _RETRYABLE:
+            raise
+        except Exception:
+            log.exception("reading the batch's context failed; handling it without")
+            self._end(completed=False)
 
     def _end(self, *, completed: bool) -> None:
         if self._hooks is not None:
             self._hooks.after_batch(completed)
 
-    def _first_seen(self, conn: Connection, items: Sequence[Item]) -> list[Item]:
-        ids = [item.event.event_id for item in items]
-        rows = conn.execute(
+    def _claim(self, conn: Connection, items: Sequence[Item]) -> psycopg.Cursor[Any]:
+        """Record the batch's event ids in the inbox; the cursor returns those seen first now."""
+        return conn.execute(
             "insert into inbox (consumer, event_id) select %s, unnest(%s::text[]) "
             "on conflict do nothing returning event_id",
-            (self._consumer, ids),
-        ).fetchall()
-        new = {row[0] for row in rows}
+            (self._consumer, [item.event.event_id for item in items]),
+        )
+
+    def _fresh(self, inbox: psycopg.Cursor[Any], items: Sequence[Item]) -> list[Item]:
+        """The items the inbox had not seen, in order."""
+        new = {row[0] for row in inbox.fetchall()}
         fresh = []
         for item in items:
             if item.event.event_id in new:
@@ -191,9 +207,17 @@ class LedgerSink:
 
 def store(conn: Connection, records: Sequence[Outgoing]) -> list[tuple[int, Outgoing]]:
     """Insert records into the outbox in this transaction; returns them with their ids."""
+    return stage(conn, records)()
+
+
+def stage(
+    conn: Connection, records: Sequence[Outgoing]
+) -> Callable[[], list[tuple[int, Outgoing]]]:
+    """Insert records into the outbox in this transaction; the returned function gives them with
+    their ids (in pipeline mode, call it after the commit: its round trip brings them)."""
     if not records:
-        return []
-    rows = conn.execute(
+        return list
+    cursor = conn.execute(
         "insert into outbox (topic, key, value, headers) "
         "select * from unnest(%s::text[], %s::bytea[], %s::bytea[], %s::jsonb[]) "
         "returning id",
@@ -203,8 +227,8 @@ def store(conn: Connection, records: Sequence[Outgoing]) -> list[tuple[int, Outg
             [r.value for r in records],
             [_headers_json(r) for r in records],
         ),
-    ).fetchall()
-    return [(int(row[0]), rec) for row, rec in zip(rows, records, strict=True)]
+    )
+    return lambda: [(int(row[0]), rec) for row, rec in zip(cursor.fetchall(), records, strict=True)]
 
 
 def relay(pool: ConnectionPool, publisher: Publisher, sent: Sequence[tuple[int, Outgoing]]) -> None:
