@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import psycopg
@@ -37,3 +39,9 @@ def open_pool(
 
 
 Connection = psycopg.Connection[Any]
+
+
+def columns(rows: Sequence[Any], *fields: str) -> tuple[list[Any], ...]:
+    """The named attributes of ``rows``, one list per field (a dotted name reaches into a nested
+    object): the arrays a set-wise ``unnest(%s::type[], ...)`` statement takes."""
+    return tuple([get(row) for row in rows] for get in map(attrgetter, fields))

@@ -19,7 +19,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from agents.events import Event
-from agents.ledger.db import Connection
+from agents.ledger.db import Connection, columns
 from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span, log_fields
 from agents.runtime.crash import crashpoint
 from agents.runtime.errors import Category, PermanentError, TransientError
@@ -221,12 +221,7 @@ def stage(
         "insert into outbox (topic, key, value, headers) "
         "select * from unnest(%s::text[], %s::bytea[], %s::bytea[], %s::jsonb[]) "
         "returning id",
-        (
-            [r.topic for r in records],
-            [r.key for r in records],
-            [r.value for r in records],
-            [_headers_json(r) for r in records],
-        ),
+        (*columns(records, "topic", "key", "value"), [_headers_json(r) for r in records]),
     )
     return lambda: [(int(row[0]), rec) for row, rec in zip(cursor.fetchall(), records, strict=True)]
 

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from agents import events as ev
 from agents.engines.base import Planned, PlanStep
-from agents.ledger.db import Connection
+from agents.ledger.db import Connection, columns
 from agents.planner.decide import GoalRow, TaskRow
 
 GOAL_COLUMNS = (
@@ -23,6 +23,7 @@ GOAL_COLUMNS = (
     "replans, compensation_policy, ending, input_tokens, output_tokens"
 )
 Outcome = ev.TaskCompleted | ev.TaskFailed
+_USAGE = ("usage.input_tokens", "usage.output_tokens", "usage.cost_usd")
 
 _TASK_FIELDS = (
     "task_id",
@@ -229,7 +230,7 @@ def dispatch_all(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
     conn.execute(
         "update tasks t set status = 'dispatched', attempt = v.attempt "
         "from unnest(%s::text[], %s::int[]) as v(task_id, attempt) where t.task_id = v.task_id",
-        ([d.task.task_id for d in dispatches], [d.attempt for d in dispatches]),
+        columns(dispatches, "task.task_id", "attempt"),
     )
     conn.execute(
         "insert into attempts (task_id, attempt, status, arguments, message) "
@@ -237,10 +238,9 @@ def dispatch_all(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
         "from unnest(%s::text[], %s::int[], %s::jsonb[], %s::text[]) "
         "as v(task_id, attempt, arguments, message)",
         (
-            [d.task.task_id for d in dispatches],
-            [d.attempt for d in dispatches],
+            *columns(dispatches, "task.task_id", "attempt"),
             [Jsonb(d.arguments) for d in dispatches],
-            [d.feedback for d in dispatches],
+            *columns(dispatches, "feedback"),
         ),
     )
     # The step budget counts work, not the rollback of it.
@@ -268,11 +268,7 @@ def record_outcomes(conn: Connection, events: Sequence[Outcome]) -> psycopg.Curs
         "from unnest(%s::text[], %s::int[], %s::timestamptz[]) as v(task_id, attempt, started_at) "
         "where t.task_id = v.task_id and t.attempt = v.attempt and t.status = 'dispatched' "
         "returning t.task_id",
-        (
-            [e.task_id for e in events],
-            [e.attempt for e in events],
-            [e.started_at for e in events],
-        ),
+        columns(events, "task_id", "attempt", "started_at"),
     )
     completed = [isinstance(e, ev.TaskCompleted) for e in events]
     conn.execute(
@@ -286,18 +282,13 @@ def record_outcomes(conn: Connection, events: Sequence[Outcome]) -> psycopg.Curs
         "category, message, result, input_tokens, output_tokens, cost_usd) "
         "where a.task_id = v.task_id and a.attempt = v.attempt and a.status = 'dispatched'",
         (
-            [e.task_id for e in events],
-            [e.attempt for e in events],
+            *columns(events, "task_id", "attempt"),
             ["completed" if done else "failed" for done in completed],
-            [e.worker_id for e in events],
-            [e.started_at for e in events],
-            [e.finished_at for e in events],
+            *columns(events, "worker_id", "started_at", "finished_at"),
             [None if isinstance(e, ev.TaskCompleted) else e.category for e in events],
             [None if isinstance(e, ev.TaskCompleted) else e.message for e in events],
             [Jsonb(outcome_of(e)) for e in events],
-            [e.usage.input_tokens for e in events],
-            [e.usage.output_tokens for e in events],
-            [e.usage.cost_usd for e in events],
+            *columns(events, *_USAGE),
         ),
     )
     return updated
@@ -332,16 +323,8 @@ def insert_verdicts(conn: Connection, events: Sequence[ev.TaskEvaluated]) -> psy
         "confidence, reason, feedback, input_tokens, output_tokens, cost_usd) "
         "where exists (select 1 from attempts a where a.task_id = v.task_id "
         "and a.attempt = v.attempt) on conflict do nothing returning task_id",
-        (
-            [e.task_id for e in events],
-            [e.attempt for e in events],
-            [e.decision for e in events],
-            [e.confidence for e in events],
-            [e.reason for e in events],
-            [e.feedback for e in events],
-            [e.usage.input_tokens for e in events],
-            [e.usage.output_tokens for e in events],
-            [e.usage.cost_usd for e in events],
+        columns(
+            events, "task_id", "attempt", "decision", "confidence", "reason", "feedback", *_USAGE
         ),
     )
 
@@ -417,20 +400,13 @@ class Finish:
 
 def finish_goals(conn: Connection, finishes: Sequence[Finish]) -> None:
     """End goals; their steps that had not finished will not."""
-    ids = [f.goal_id for f in finishes]
+    ids, *ends = columns(finishes, "goal_id", "status", "summary", "category", "message")
     conn.execute(
         "update goals g set status = v.status, summary = v.summary, error_category = v.category, "
         "error_message = v.message, output = v.output, finished_at = now() "
         "from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[]) "
         "as v(goal_id, status, summary, category, message, output) where g.goal_id = v.goal_id",
-        (
-            ids,
-            [f.status for f in finishes],
-            [f.summary for f in finishes],
-            [f.category for f in finishes],
-            [f.message for f in finishes],
-            [Jsonb(f.output) if f.output is not None else None for f in finishes],
-        ),
+        (ids, *ends, [Jsonb(f.output) if f.output is not None else None for f in finishes]),
     )
     conn.execute(
         "update tasks set status = 'cancelled' where goal_id = any(%s) "
