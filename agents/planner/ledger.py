@@ -262,7 +262,15 @@ def record_outcome(conn: Connection, event: Outcome) -> bool:
 def record_outcomes(conn: Connection, events: Sequence[Outcome]) -> psycopg.Cursor[Any]:
     """Store outcomes that answer their tasks' current attempts (compare-and-set); the cursor
     returns the task ids that did."""
-    updated = conn.execute(
+    updated = mark_evaluating(conn, events)
+    record_attempts(conn, events)
+    return updated
+
+
+def mark_evaluating(conn: Connection, events: Sequence[Outcome]) -> psycopg.Cursor[Any]:
+    """Tasks whose current attempt these outcomes answer now wait for their verdicts; the cursor
+    returns their ids."""
+    return conn.execute(
         "update tasks t set status = 'evaluating', "
         "first_started_at = coalesce(t.first_started_at, v.started_at) "
         "from unnest(%s::text[], %s::int[], %s::timestamptz[]) as v(task_id, attempt, started_at) "
@@ -270,6 +278,10 @@ def record_outcomes(conn: Connection, events: Sequence[Outcome]) -> psycopg.Curs
         "returning t.task_id",
         columns(events, "task_id", "attempt", "started_at"),
     )
+
+
+def record_attempts(conn: Connection, events: Sequence[Outcome]) -> None:
+    """The outcomes on their attempts' rows (an attempt takes one outcome: the first)."""
     completed = [isinstance(e, ev.TaskCompleted) for e in events]
     conn.execute(
         "update attempts a set status = v.status, worker_id = v.worker_id, "
@@ -291,7 +303,6 @@ def record_outcomes(conn: Connection, events: Sequence[Outcome]) -> psycopg.Curs
             *columns(events, *_USAGE),
         ),
     )
-    return updated
 
 
 def outcome_of(event: Outcome) -> dict[str, Any]:
@@ -342,7 +353,8 @@ def succeed_all(
     """Mark tasks done with the results of their current attempts; the cursor returns
     (task id, result) of each."""
     return conn.execute(
-        "update tasks t set status = 'succeeded', finished_at = %s, result = a.result "
+        "update tasks t set status = 'succeeded', finished_at = %s, result = a.result, "
+        "first_started_at = coalesce(t.first_started_at, a.started_at) "
         "from attempts a where t.task_id = any(%s) and a.task_id = t.task_id "
         "and a.attempt = t.attempt returning t.task_id, t.result",
         (finished_at, list(task_ids)),

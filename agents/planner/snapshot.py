@@ -168,7 +168,12 @@ class Snapshot:
         order the steps happen to any one task: outcome, verdict, success, next dispatch, and
         then the goal's end."""
         if self._recorded:
-            L.record_outcomes(self._conn, self._recorded)
+            # A task whose verdict came in the same batch goes straight to succeeded below.
+            done = set(self._succeeded)
+            L.record_attempts(self._conn, self._recorded)
+            waiting = [e for e in self._recorded if e.task_id not in done]
+            if waiting:
+                L.mark_evaluating(self._conn, waiting)
         if self._verdicts:
             L.insert_verdicts(self._conn, self._verdicts)
         if self._succeeded:
