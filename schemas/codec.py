@@ -93,6 +93,10 @@ class Codec:
         except ValidationError as exc:
             raise PoisonRecord(Category.INVALID_EVENT, _short(exc)) from exc
 
+    def model_of(self, data: bytes | None) -> type[Event]:
+        """The event type in ``data`` from its header alone, without decoding the body."""
+        return self._writer_of(data).model
+
     def _writer_of(self, data: bytes | None) -> _Writer:
         if not data or len(data) < HEADER_SIZE or data[:2] != MAGIC:
             raise PoisonRecord(Category.UNDECODABLE, "not an Avro single-object encoded event")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
@@ -23,7 +24,6 @@ from agents import events as ev
 from agents.engines.base import Engine, EngineError, Judgement, JudgeRequest
 from agents.runtime.consumer import Delivery
 from agents.runtime.errors import TransientError
-from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry, Tool, UnknownToolError
 
 log = logging.getLogger(__name__)
@@ -100,27 +100,24 @@ class Evaluator:
         arguments = context.arguments
         problems = _problems(tool, arguments, event) if isinstance(event, ev.TaskCompleted) else []
         request = self._request(event, tool, context, problems)
-        with tracer.start_as_current_span("verdict") as span:
-            try:
-                judged = self._engine.judge(request)
-            except EngineError as exc:
-                judgement = Judgement(
-                    decision="fail", confidence=0.0, reason=f"{exc.category}: {exc}"
-                )
-                return [self._verdict(event, judgement, exc.usage)]
-            judgement = _confident_enough(
-                self._policy(event, tool, judged.judgement),
-                max(context.threshold, tool.confidence_threshold),
-            )
-            verdict = self._verdict(event, judgement, judged.usage)
-            span.set_attributes(
-                {
-                    "mesh.goal_id": event.goal_id,
-                    "mesh.task_id": event.task_id,
-                    "mesh.decision": verdict.decision,
-                    "mesh.confidence": verdict.confidence,
-                }
-            )
+        try:
+            judged = self._engine.judge(request)
+        except EngineError as exc:
+            judgement = Judgement(decision="fail", confidence=0.0, reason=f"{exc.category}: {exc}")
+            return [self._verdict(event, judgement, exc.usage)]
+        judgement = _confident_enough(
+            self._policy(event, tool, judged.judgement),
+            max(context.threshold, tool.confidence_threshold),
+        )
+        verdict = self._verdict(event, judgement, judged.usage)
+        # On the judged record's span: a span of its own per verdict cost as much again.
+        trace.get_current_span().set_attributes(
+            {
+                "mesh.task_id": event.task_id,
+                "mesh.decision": verdict.decision,
+                "mesh.confidence": verdict.confidence,
+            }
+        )
         return [verdict]
 
     def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> _Context:

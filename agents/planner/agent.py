@@ -652,7 +652,6 @@ class Planner:
                     )
             arguments = resolve_arguments(task.arguments, results)
             attempt = self._send(conn, goal.goal_id, task, arguments, feedback)
-            _dispatch_span(goal.goal_id, task, attempt)
             if task.kind == "action":
                 goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
             out.append(self._assignment(goal, task, attempt, arguments, cause_id, feedback))
@@ -858,18 +857,6 @@ def _locked(conn: Connection, goal_id: str) -> GoalRow:
     goal = L.lock_goal(conn, goal_id)
     assert goal is not None
     return goal
-
-
-def _dispatch_span(goal_id: str, task: TaskRow, attempt: int) -> None:
-    """A span marking the decision to dispatch (the send itself has its own)."""
-    attributes: dict[str, str | int] = {
-        "mesh.goal_id": goal_id,
-        "mesh.task_id": task.task_id,
-        "mesh.tool": task.tool,
-        "mesh.attempt": attempt,
-    }
-    with tracer.start_as_current_span(f"dispatch {task.step_id}", attributes=attributes):
-        pass
 
 
 def _traceparent(delivery: Delivery) -> str | None:

@@ -175,7 +175,7 @@ class ConsumerRuntime:
                     continue
                 delivery = Delivery.of(message)
                 item = self._decode(delivery)
-                if item is None or type(item.event) not in self._sink.accepts:
+                if item is None:
                     finished.append(delivery)  # dead-lettered, or another role's event
                 else:
                     items.append(item)
@@ -209,6 +209,8 @@ class ConsumerRuntime:
             )
 
     def _decode(self, delivery: Delivery) -> Item | None:
+        """The record's event when this consumer's sink takes its type; None when it does not,
+        or when the record was dead-lettered."""
         value = delivery.value
         try:
             if value is not None and len(value) > self._settings.max_event_bytes:
@@ -217,6 +219,8 @@ class ConsumerRuntime:
                     f"record is {len(value)} bytes, over MESH_MAX_EVENT_BYTES="
                     f"{self._settings.max_event_bytes}",
                 )
+            if self._codec.model_of(value) not in self._sink.accepts:
+                return None  # another role's event: its body is not this consumer's to check
             return Item(self._codec.decode(value), delivery)
         except PoisonRecord as exc:
             self.dead_letter(delivery, exc.category, str(exc))

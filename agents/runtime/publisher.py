@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from opentelemetry.trace import SpanKind
 
-from agents.events import DeadLetter, Event
+from agents.events import DeadLetter, Event, TaskAssigned
 from agents.runtime.errors import MeshError, PermanentError
 from agents.runtime.kafka import producer_config
 from agents.runtime.settings import MeshSettings
@@ -117,10 +117,17 @@ class Publisher:
 
 
 def _span_attributes(topic: str, event: Event) -> dict[str, Any]:
-    return {
+    attributes: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.operation.type": "send",
         "messaging.destination.name": topic,
         "mesh.event.type": event.schema_name,
         "mesh.goal_id": event.goal_id,
     }
+    if isinstance(event, TaskAssigned):  # the send of an assignment is the dispatch decision
+        attributes |= {
+            "mesh.task_id": event.task_id,
+            "mesh.tool": event.tool,
+            "mesh.attempt": event.attempt,
+        }
+    return attributes
