@@ -218,6 +218,7 @@ def _result(
     processes: list[ProcessUsage],
     durability: str,
     end_lag: int,
+    stages: dict[str, list[float]] | None = None,
 ) -> LaneRun:
     return LaneRun(
         lane=lane,
@@ -231,6 +232,7 @@ def _result(
         processes=processes,
         durability=durability,
         end_lag=end_lag,
+        stages=stages or {},
     )
 
 
@@ -450,27 +452,42 @@ def _drive_mesh(
     wall = flight.run_polling(submit, poll)
     procs = since(before, sample()) + infra.finish()
     consumer.close()
+    overheads, stages = _timings(settings, [i for i in ids if i not in warm])
     return _result(
         lane,
         shape,
         flight,
         wall,
-        overheads=_overheads(settings, [i for i in ids if i not in warm]),
+        overheads=overheads,
+        stages=stages,
         processes=procs,
         durability="ledger commit per batch (fsync on), outbox, acks=all, idempotent producer",
         end_lag=_end_lag(settings, list(groups)),
     )
 
 
-def _overheads(settings: MeshSettings, goal_ids: list[str]) -> list[float]:
-    """Dispatch → verdict of every attempt, the tool's own run time excluded, from the ledger."""
+STAGES = ("dispatch→start", "tool", "finish→verdict")
+"""Where a mesh task's time goes, from the ledger's timestamps: the planner's batch (from the
+start of the transaction that dispatched it) with its commit, relay and the hop to a worker
+that starts the tool; the tool; the hop to the evaluator, its verdict and the hop back to the
+planner's batch that records it."""
+
+
+def _timings(
+    settings: MeshSettings, goal_ids: list[str]
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Per attempt: dispatch → verdict with the tool's own run time excluded (the overhead), and
+    the three stages of ``STAGES``, from the ledger."""
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         rows = conn.execute(
-            "select extract(epoch from (v.created_at - a.dispatched_at) "
-            "- (a.finished_at - a.started_at)) "
+            "select extract(epoch from a.started_at - a.dispatched_at), "
+            "extract(epoch from a.finished_at - a.started_at), "
+            "extract(epoch from v.created_at - a.finished_at) "
             "from attempts a join tasks t using (task_id) "
             "join verdicts v on v.task_id = a.task_id and v.attempt = a.attempt "
             "where t.goal_id = any(%s)",
             (goal_ids,),
         ).fetchall()
-    return [float(r[0]) for r in rows if r[0] is not None]
+    complete = [tuple(float(x) for x in row) for row in rows if None not in row]
+    stages = {name: [row[i] for row in complete] for i, name in enumerate(STAGES)}
+    return [row[0] + row[2] for row in complete], stages

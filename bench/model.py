@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.stats import summary
+
 
 def load_label(in_flight: int, rate: float | None = None) -> str:
     """How a run's load is named in every lane: one goal in flight, how many, or the offered
@@ -36,6 +38,8 @@ class LaneRun:
     wall_s: float
     goal_latencies_s: list[float] = field(default_factory=list)
     task_overheads_s: list[float] = field(default_factory=list)  # dispatch → verdict, tool excluded
+    # Per-stage timers of each task, where the lane has them (the mesh's, from its ledger).
+    stages: dict[str, list[float]] = field(default_factory=dict)
     processes: list[ProcessUsage] = field(default_factory=list)
     end_lag: int = 0  # records the lane's consumer groups left uncommitted (Kafka lanes; else 0)
     durability: str = ""  # what survives a crash, in a few words
@@ -60,4 +64,5 @@ class LaneRun:
         data["tasks_per_s"] = self.tasks_per_s
         data["lane_cpu_us_per_task"] = self.lane_cpu_us_per_task()
         data["infra_cpu_us_per_task"] = self.infra_cpu_us_per_task()
+        data["stage_summary"] = {name: summary(v) for name, v in self.stages.items()}
         return data

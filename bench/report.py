@@ -31,6 +31,24 @@ def table(runs: list[LaneRun]) -> str:
     return "\n".join(lines)
 
 
+def stage_table(runs: list[LaneRun]) -> str:
+    """Where a task's time goes, per run that has per-stage timers: p50 / p99 of each stage."""
+    timed = [r for r in runs if r.stages]
+    if not timed:
+        return ""
+    names = list(timed[0].stages)
+    head = f"{'lane':<7}{'shape':<7}{'load':<13}" + "".join(f"{n + ' p50/p99':>26}" for n in names)
+    lines = [head, "-" * len(head)]
+    for r in timed:
+        cells = (_p50_p99(r.stages.get(n, [])) for n in names)
+        lines.append(f"{r.lane:<7}{r.shape:<7}{r.load:<13}" + "".join(f"{c:>26}" for c in cells))
+    return "\n".join(lines)
+
+
+def _p50_p99(values: list[float]) -> str:
+    return f"{_ms(percentile(values, 50))} / {_ms(percentile(values, 99))}"
+
+
 def _ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 

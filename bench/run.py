@@ -24,7 +24,7 @@ from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES
 from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
-from bench.report import ratios, render_png, table
+from bench.report import ratios, render_png, stage_table, table
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = run(QUICK if args.quick else FULL, args.out)
     summary = ratios(runs)
     print(table(runs))
+    print(stage_table(runs))
     print(json.dumps(summary, indent=2))
     machine = {
         "platform": platform.platform(),

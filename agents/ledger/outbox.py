@@ -101,45 +101,54 @@ class LedgerSink:
     def _apply(
         self, items: Sequence[Item], publisher: Publisher
     ) -> tuple[list[tuple[int, Outgoing]], list[tuple[Item, str, str]]]:
-        # Pipeline mode: statements whose results nobody reads go out without waiting for the
-        # round trip, which is most of the planner's time otherwise.
         delivered = list(self._delivered)  # more may be added before the commit is known
-        with self._pool.connection() as conn, conn.pipeline():
-            with conn.transaction():
-                forget(conn, delivered)
-                inbox = self._claim(conn, items)
-                self._begin(conn, items)  # its round trip brings the inbox's answer as well
-                fresh = self._fresh(inbox, items)
-                try:
-                    with conn.transaction():  # fast path: the whole batch at once
-                        records = [r for item in fresh for r in self._run(item, conn, publisher)]
-                        self._end(completed=True)
-                    refused: list[tuple[Item, str, str]] = []
-                except _RETRYABLE:
-                    raise
-                except Exception:  # noqa: BLE001 - find the culprit record by record, in savepoints
-                    self._end(completed=False)  # what the hooks held went with the savepoint
-                    records, refused = self._one_by_one(fresh, conn, publisher)
-                finally:
-                    self._end(completed=False)
-                staged = stage(conn, records)
-            stored = staged()  # the commit's round trip brought the outbox ids
+        refused: list[tuple[Item, str, str]] = []
+        try:
+            stored = self._at_once(items, publisher, delivered)
+        except _RETRYABLE:
+            raise
+        except Exception:  # find the culprit record by record, in savepoints
+            log.debug("batch failed as a whole; applying it record by record", exc_info=True)
+            stored, refused = self._one_at_a_time(items, publisher, delivered)
         self._delivered = self._delivered[len(delivered) :]  # committed: those rows are gone
         return stored, refused
 
-    def _begin(self, conn: Connection, items: Sequence[Item]) -> None:
-        """Let the hooks read what the batch needs, in a savepoint of its own: should that fail
-        for any reason but a lost connection, the batch goes on without it."""
-        if self._hooks is None or not items:
-            return
-        try:
-            with conn.transaction():
-                self._hooks.before_batch(conn, [item.event for item in items])
-        except _RETRYABLE:
-            raise
-        except Exception:
-            log.exception("reading the batch's context failed; handling it without")
-            self._end(completed=False)
+    def _at_once(
+        self, items: Sequence[Item], publisher: Publisher, delivered: Sequence[int]
+    ) -> list[tuple[int, Outgoing]]:
+        """The whole batch in one transaction, in pipeline mode and without savepoints (psycopg
+        syncs the pipeline twice around each one): statements whose results nobody reads go out
+        without waiting, so the common batch takes two round trips, the hooks' reads (which
+        bring the inbox's answer too) and the commit (which brings the outbox ids). Anything
+        failing rolls the whole batch back."""
+        with self._pool.connection() as conn:
+            try:
+                with conn.pipeline():
+                    forget(conn, delivered)
+                    inbox = self._claim(conn, items)
+                    if self._hooks is not None:
+                        self._hooks.before_batch(conn, [item.event for item in items])
+                    fresh = self._fresh(inbox, items)
+                    records = [r for item in fresh for r in self._run(item, conn, publisher)]
+                    self._end(completed=True)
+                    staged = stage(conn, records)
+                    conn.commit()
+            except BaseException:
+                self._end(completed=False)
+                _roll_back(conn)
+                raise
+            return staged()
+
+    def _one_at_a_time(
+        self, items: Sequence[Item], publisher: Publisher, delivered: Sequence[int]
+    ) -> tuple[list[tuple[int, Outgoing]], list[tuple[Item, str, str]]]:
+        """The batch again, each record in a savepoint of its own and without the hooks' batch
+        reads, so the records that fail are refused and the others go through."""
+        with self._pool.connection() as conn, conn.transaction():
+            forget(conn, delivered)
+            fresh = self._fresh(self._claim(conn, items), items)
+            records, refused = self._one_by_one(fresh, conn, publisher)
+            return store(conn, records), refused
 
     def _end(self, *, completed: bool) -> None:
         if self._hooks is not None:
@@ -203,6 +212,14 @@ class LedgerSink:
             return [
                 publisher.prepare(e) for e in self._on_refused(item.event, category, reason, conn)
             ]
+
+
+def _roll_back(conn: Connection) -> None:
+    """Undo a failed batch; a connection too broken for that is discarded by the pool."""
+    try:
+        conn.rollback()
+    except psycopg.Error as exc:
+        log.warning("rollback of a failed batch failed: %s", exc)
 
 
 def store(conn: Connection, records: Sequence[Outgoing]) -> list[tuple[int, Outgoing]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -224,7 +224,7 @@ class Worker:
             step_id=event.step_id,
             attempt=event.attempt,
             idempotency_key=event.idempotency_key,
-            goal_input=self._goal_input(event.goal_id),
+            goal_input=_GoalInput(lambda: self._goal_input(event.goal_id)),
             resources=self._resources,
             feedback=event.feedback,
             cancelled=lambda: self._cancelled(event.goal_id),
@@ -288,6 +288,29 @@ class Worker:
 
     def close(self) -> None:
         self._calls.shutdown(wait=False, cancel_futures=True)
+
+
+class _GoalInput(Mapping[str, Any]):
+    """A goal's input, read from the ledger the first time a tool looks at it: most tools never
+    do, and a query per goal was a sixth of an instant tool's cost."""
+
+    def __init__(self, load: Callable[[], dict[str, Any]]) -> None:
+        self._load = load
+        self._value: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = self._load()
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _checked(tool: Tool[Any, Any], result: Any) -> BaseModel:

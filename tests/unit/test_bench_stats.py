@@ -7,6 +7,7 @@ import math
 import pytest
 
 from bench.model import LaneRun, ProcessUsage
+from bench.report import stage_table
 from bench.stats import percentile, ratio, summary
 
 pytestmark = pytest.mark.unit
@@ -60,3 +61,14 @@ def test_lane_throughput_and_cpu_per_task() -> None:
     assert run.tasks_per_s == 30.0
     assert run.lane_cpu_us_per_task() == pytest.approx(500.0)  # infra excluded
     assert run.as_json()["tasks_per_s"] == 30.0
+
+
+def test_stage_timers_are_summarised_and_tabled() -> None:
+    stages = {"tool": [0.001, 0.002, 0.003, 0.004], "hop": [0.010, 0.010, 0.010, 0.050]}
+    run = LaneRun("M", "chain", goals=1, tasks=4, load="single", wall_s=1.0, stages=stages)
+    summarised = run.as_json()["stage_summary"]
+    assert summarised["tool"]["p50"] == pytest.approx(0.0025)
+    assert summarised["hop"]["p99"] == pytest.approx(0.0488)
+    (line,) = stage_table([run, LaneRun("R0", "chain", 1, 6, "single", 1.0)]).splitlines()[2:]
+    assert line.split()[:3] == ["M", "chain", "single"]
+    assert "2.5 / 4.0" in line and "10.0 / 48.8" in line
