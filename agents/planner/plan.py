@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from graphlib import CycleError, TopologicalSorter
 from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agents.engines.base import PlanDraft, PlanInvalid, PlanStep
 from agents.tools.base import Registry, UnknownToolError
@@ -94,15 +94,28 @@ def _check_step(
         if _is_ref(value):
             _check_ref(step, name, value[REF], steps=steps, ancestors=ancestors, registry=registry)
         else:
-            annotation = (
-                Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-            )
-            _check_literal(step, name, annotation, value)
+            _check_literal(step, name, _field_adapter(tool.args, name), value)
 
 
-def _check_literal(step: PlanStep, name: str, annotation: Any, value: Any) -> None:
+_ADAPTERS: dict[tuple[type[BaseModel], str], TypeAdapter[Any]] = {}
+
+
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """A validator for one argument of a tool (building one costs as much as planning the rest
+    of a step, so each is built once)."""
+    adapter = _ADAPTERS.get((model, name))
+    if adapter is None:
+        info = model.model_fields[name]
+        annotation: Any = (
+            Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        )
+        adapter = _ADAPTERS[(model, name)] = TypeAdapter(annotation)
+    return adapter
+
+
+def _check_literal(step: PlanStep, name: str, adapter: TypeAdapter[Any], value: Any) -> None:
     try:
-        TypeAdapter(annotation).validate_python(value)
+        adapter.validate_python(value)
     except ValidationError as exc:
         problem = exc.errors()[0]["msg"]
         raise PlanInvalid(

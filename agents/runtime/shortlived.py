@@ -138,20 +138,17 @@ class ReplayCache:
         self._codec = codec
         self._ttl = ttl_s
 
-    def _key(self, kind: str, task_id: str, attempt: int) -> str:
+    def key(self, kind: str, task_id: str, attempt: int) -> str:
+        """Where an attempt's event is kept (to read many at once; ``decode`` the answers)."""
         return f"{self._prefix}{kind}:{task_id}:{attempt}"
 
     def recall(self, kind: str, task_id: str, attempt: int) -> Event | None:
         try:
-            data = self._redis.get(self._key(kind, task_id, attempt))
+            data = self._redis.get(self.key(kind, task_id, attempt))
         except redis.RedisError as exc:
             log.warning("replay cache unavailable: %s", exc)
             return None
         return self.decode(data)
-
-    def queue_recall(self, pipe: Pipeline, kind: str, task_id: str, attempt: int) -> None:
-        """Ask for a stored event on ``pipe``; ``decode`` its answer."""
-        pipe.get(self._key(kind, task_id, attempt))
 
     def decode(self, data: object) -> Event | None:
         if not isinstance(data, bytes):
@@ -166,7 +163,7 @@ class ReplayCache:
     ) -> None:
         """Store the event an attempt produced (on ``pipe`` when given, for the caller to
         execute)."""
-        key, value = self._key(kind, task_id, attempt), self._codec.encode(event)
+        key, value = self.key(kind, task_id, attempt), self._codec.encode(event)
         if pipe is not None:
             pipe.set(key, value, ex=self._ttl)
             return
@@ -187,16 +184,16 @@ class CancelFlags:
 
     def raise_flag(self, goal_id: str) -> None:
         try:
-            self._redis.set(self._prefix + goal_id, 1, ex=self._ttl)
+            self._redis.set(self.key(goal_id), 1, ex=self._ttl)
         except redis.RedisError as exc:
             log.warning("could not flag %s as cancelled: %s", goal_id, exc)
 
     def is_raised(self, goal_id: str) -> bool:
         try:
-            return bool(self._redis.exists(self._prefix + goal_id))
+            return bool(self._redis.exists(self.key(goal_id)))
         except redis.RedisError:
             return False  # no Redis, no early stop
 
-    def queue_check(self, pipe: Pipeline, goal_id: str) -> None:
-        """Ask on ``pipe`` whether ``goal_id`` was cancelled; the answer is truthy if so."""
-        pipe.exists(self._prefix + goal_id)
+    def key(self, goal_id: str) -> str:
+        """The flag of ``goal_id`` (to read many at once: a value there means cancelled)."""
+        return self._prefix + goal_id

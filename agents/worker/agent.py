@@ -110,26 +110,24 @@ class Worker:
         mine = [e for e in events if isinstance(e, ev.TaskAssigned) and self.serves(e.pool)]
         if not mine:
             return
+        flags = self._flags
+        goals = sorted({e.goal_id for e in mine}) if flags is not None else []
+        keys = [self._replay.key("outcome", e.task_id, e.attempt) for e in mine]
         pipe = self._redis.pipeline(transaction=False)
-        for e in mine:
-            self._replay.queue_recall(pipe, "outcome", e.task_id, e.attempt)
-        goals: list[str] = []
-        if self._flags is not None:
-            goals = sorted({e.goal_id for e in mine})
-            for goal_id in goals:
-                self._flags.queue_check(pipe, goal_id)
+        # One MGET for every stored outcome and cancel flag: a command per key was most of the
+        # cost of the round trip (redis-py packs each command in Python).
+        pipe.mget(keys + [flags.key(g) for g in goals] if flags is not None else keys)
         leases = {(e.task_id, e.attempt): _lease(e) for e in mine}
         self._leases.acquire(*leases.values(), pipe=pipe)
         try:
-            answers = pipe.execute()
+            values = pipe.execute()[0]
         except redis.RedisError:
             self._leases.forget(*leases.values())  # the handlers take their own, one by one
             raise
-        flags = answers[len(mine) : len(mine) + len(goals)]
         self._batch = _Batch(
             leases=leases,
-            stored={k: self._replay.decode(v) for k, v in zip(leases, answers, strict=False)},
-            cancelled={g for g, raised in zip(goals, flags, strict=True) if raised},
+            stored={k: self._replay.decode(v) for k, v in zip(leases, values, strict=False)},
+            cancelled={g for g, raised in zip(goals, values[len(mine) :], strict=True) if raised},
         )
 
     def after_batch(self) -> None:
