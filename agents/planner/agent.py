@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,13 +84,24 @@ class Planner:
         self._on_cancel = on_cancel
         self._pools = {t.name: t.pool for t in registry}
         self._snapshot: Snapshot | None = None
+        self._timers_seen: tuple[float, bool] | None = None  # (when a batch asked, the answer)
 
     # -- one batch at a time -----------------------------------------------------------------
 
     def before_batch(self, conn: Connection, events: Sequence[ev.Event]) -> None:
         """Lock and read every goal the batch is about, at once (see ``snapshot``); that also
-        tells which submitted goals are new."""
+        tells which submitted goals are new. The same round trip says whether any timer is due,
+        so a busy planner need not ask again between batches (``timers_may_be_due``)."""
+        due = L.any_timer_due(conn, self.mesh)
         self._snapshot = Snapshot.load(conn, [e.goal_id for e in events])
+        row = due.fetchone()
+        self._timers_seen = (time.monotonic(), bool(row and row[0]))
+
+    def timers_may_be_due(self, *, since: float) -> bool:
+        """False only when a batch begun after ``since`` (``time.monotonic``) found no timer
+        due."""
+        seen = self._timers_seen
+        return seen is None or seen[0] < since or seen[1]
 
     def after_batch(self, completed: bool) -> None:
         """Write what the batch held back (``completed``), or forget it (the batch failed)."""

@@ -542,14 +542,25 @@ def schedule(
     )
 
 
+_DUE = "t.fired_at is null and t.due_at <= now() and g.mesh = %s"
+
+
+def any_timer_due(conn: Connection, mesh: str) -> psycopg.Cursor[Any]:
+    """Whether a timer of ``mesh``'s goals has come due: the cursor's one row says (in pipeline
+    mode the answer comes with the next round trip)."""
+    return conn.execute(
+        f"select exists (select 1 from timers t join goals g using (goal_id) where {_DUE})",  # noqa: S608
+        (mesh,),
+    )
+
+
 def due_timers(conn: Connection, mesh: str, limit: int = 200) -> list[dict[str, Any]]:
     """Timers of ``mesh``'s goals whose time has come, locked for this transaction (other
     planners skip them)."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select t.timer_id, t.goal_id, t.kind, t.task_id, t.escalation_id, t.payload "
-            "from timers t join goals g using (goal_id) "
-            "where t.fired_at is null and t.due_at <= now() and g.mesh = %s "
+            "select t.timer_id, t.goal_id, t.kind, t.task_id, t.escalation_id, t.payload "  # noqa: S608
+            f"from timers t join goals g using (goal_id) where {_DUE} "
             "order by t.goal_id, t.due_at limit %s for update of t skip locked",
             (mesh, limit),
         ).fetchall()

@@ -346,18 +346,18 @@ def consumer_span(item: Item) -> Iterator[None]:
     delivery, event = item.delivery, item.event
     context = extract(delivery.headers)
     name = f"process {delivery.topic}"
-    with tracer.start_as_current_span(name, context=context, kind=SpanKind.CONSUMER) as span:
-        span.set_attributes(
-            {
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": delivery.topic,
-                "messaging.destination.partition.id": str(delivery.partition),
-                "messaging.kafka.offset": delivery.offset,
-                "mesh.event.type": event.schema_name,
-                "mesh.goal_id": event.goal_id,
-            }
-        )
+    attributes: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": delivery.topic,
+        "messaging.destination.partition.id": str(delivery.partition),
+        "messaging.kafka.offset": delivery.offset,
+        "mesh.event.type": event.schema_name,
+        "mesh.goal_id": event.goal_id,
+    }
+    with tracer.start_as_current_span(
+        name, context=context, kind=SpanKind.CONSUMER, attributes=attributes
+    ):
         yield
 
 
