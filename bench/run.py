@@ -57,6 +57,9 @@ FULL = Plan(
     rate_lanes=("R0", "R1", "R2", "M", "M-1%", "celery", "dbos"),
 )
 RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
+# At most this many goals per offered-rate run: a lane that cannot keep up shows it as a queue
+# within a few hundred goals, and working through a longer queue only lengthens the run.
+RATE_GOALS_MAX = 500
 
 Lane = Callable[..., LaneRun]
 
@@ -147,12 +150,12 @@ def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
 
 def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> list[LaneRun]:
     """Chains offered at shares of R0's saturation rate: each run offers goals for about
-    RATE_RUN_S seconds (at most the saturation run's goal count) and waits for all of them."""
+    RATE_RUN_S seconds (at most RATE_GOALS_MAX) and waits for all of them."""
     runs = []
     for share in plan.rates:
         rate = share * ceiling
         goals = int(rate / SHAPES["chain"] * RATE_RUN_S)
-        goals = max(10, min(goals, plan.saturation_goals["chain"]))
+        goals = max(10, min(goals, plan.saturation_goals["chain"], RATE_GOALS_MAX))
         for name in plan.rate_lanes:
             if name in lanes:
                 run = _one(
