@@ -56,7 +56,7 @@ check: lint typecheck ## every static gate
 schemas: venv ## rewrite the .avsc files from the event models (refuses incompatible changes)
 	$(BIN)/mesh schemas export
 
-bench: venv ## benchmarks: the mesh against raw Kafka and peers (QUICK=1: about 1.5 minutes)
+bench: venv ## benchmarks: the mesh against raw Kafka and peers (QUICK=1: about 2 minutes)
 	$(STACK) with-stack -- $(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean: down ## stop the stack and delete its data and the Python environment
