@@ -12,8 +12,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO
 
 from opentelemetry import propagate, trace
@@ -21,6 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 
 from agents import __version__
 
@@ -29,6 +31,7 @@ Headers = list[tuple[str, HeaderValue]]
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 tracer = trace.get_tracer("agents", __version__)
+_KIND_NAMES = {kind: str(kind) for kind in SpanKind}
 
 
 class JsonLinesExporter(SpanExporter):
@@ -54,27 +57,30 @@ class JsonLinesExporter(SpanExporter):
         self._file.close()
 
     def _line(self, span: ReadableSpan) -> str:
-        context, parent = span.get_span_context(), span.parent
+        context, parent, events = span.get_span_context(), span.parent, span.events
+        attributes = span.attributes
         body = {
             "name": span.name,
             "context": {
                 "trace_id": f"0x{context.trace_id:032x}" if context else None,
                 "span_id": f"0x{context.span_id:016x}" if context else None,
             },
-            "kind": str(span.kind),
+            "kind": _KIND_NAMES[span.kind],
             "parent_id": f"0x{parent.span_id:016x}" if parent else None,
             "start_time": _iso(span.start_time),
             "end_time": _iso(span.end_time),
             "status": {"status_code": span.status.status_code.name},
-            "attributes": dict(span.attributes or {}),
+            "attributes": _plain(attributes),
             "events": [
                 {
                     "name": e.name,
                     "timestamp": _iso(e.timestamp),
                     "attributes": dict(e.attributes or {}),
                 }
-                for e in span.events
-            ],
+                for e in events
+            ]
+            if events
+            else [],
         }
         # The resource, serialised once per process, goes in as text before the closing brace.
         return json.dumps(body, default=str)[:-1] + ', "resource": ' + self._resource(span) + "}\n"
@@ -92,6 +98,14 @@ class JsonLinesExporter(SpanExporter):
 def _second(seconds: int) -> str:
     """A second's ISO 8601 prefix: spans come thousands a second, so each is formatted once."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _plain(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    """A span's attributes as a dict: the SDK hands out a read-only view of its own mapping,
+    whose ``copy`` is a plain dict copy (``dict()`` of it walks it in Python, under a lock)."""
+    if isinstance(attributes, MappingProxyType):
+        return dict(attributes.copy())
+    return dict(attributes or {})
 
 
 def _iso(ns: int | None) -> str | None:
