@@ -8,23 +8,30 @@ from datetime import UTC, datetime
 
 from agents import events as ev
 from agents.engines.select import engine_from_env
-from agents.ledger.outbox import LedgerSink, sweep
+from agents.ledger.outbox import LedgerSink, forget_seen, sweep
 from agents.planner.agent import Limits, Planner
 from agents.planner.timers import fire_due
 from agents.runtime.app import AgentApp
 from agents.runtime.settings import MeshSettings
 from agents.runtime.shortlived import CancelFlags, Lease, Leases
 from agents.tools.catalogue import default_registry
+from topics.catalogue import spec_for
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 1.0
 TIMERS_EVERY_S = 0.1
+INBOX_EVERY_S = 60.0
+ROLES = ("goals", "results", "escalations")  # the topics the planner consumes
+# How long the inbox remembers an event: as long as any of those topics keeps it, after which
+# no consumer can be handed it again.
+INBOX_KEEP_S = max(spec_for(role).retention_ms for role in ROLES) / 1000
 
 
 class Housekeeping:
     """Between batches: fire due timers (every 0.1 s, unless a batch begun since found none
     due), and at most once a second relay orphaned outbox rows and report tasks whose worker
-    stopped heartbeating as failed with ``lease_expired`` so the evaluator retries them."""
+    stopped heartbeating as failed with ``lease_expired`` so the evaluator retries them; once a
+    minute, forget inbox entries older than any of its topics keeps an event."""
 
     def __init__(self, app: AgentApp, leases: Leases, planner: Planner, sink: LedgerSink) -> None:
         self._app = app
@@ -33,6 +40,7 @@ class Housekeeping:
         self._planner = planner
         self._next = 0.0
         self._next_timers = 0.0
+        self._next_inbox = 0.0
 
     def __call__(self) -> None:
         now = time.monotonic()
@@ -47,6 +55,9 @@ class Housekeeping:
         self._next = now + HOUSEKEEPING_EVERY_S
         self._sink.settle()  # before the sweep, so delivered rows are not sent again
         sweep(self._app.db, self._app.publisher)
+        if now >= self._next_inbox:
+            self._next_inbox = now + INBOX_EVERY_S
+            forget_seen(self._app.db, older_than_s=INBOX_KEEP_S)
         expired = self._leases.take_expired()
         for lease in expired:
             log.warning("lease of %s attempt %d expired", lease.task_id, lease.attempt)
@@ -97,7 +108,7 @@ def run(settings: MeshSettings) -> int:
         hooks=planner,
     )
     runtime = app.consumer(
-        roles=("goals", "results", "escalations"),
+        roles=ROLES,
         sink=sink,
         tick=Housekeeping(app, leases, planner, sink),
     )

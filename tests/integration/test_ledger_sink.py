@@ -12,9 +12,10 @@ from psycopg_pool import ConnectionPool
 from agents import events as ev
 from agents.engines.offline import OfflineEngine
 from agents.ledger.db import Connection, open_pool
-from agents.ledger.outbox import LedgerSink, store, sweep
+from agents.ledger.outbox import LedgerSink, forget_seen, store, sweep
 from agents.planner import ledger as L  # noqa: N812
 from agents.planner.agent import Planner
+from agents.planner.main import INBOX_KEEP_S
 from agents.runtime.consumer import ConsumerRuntime, Delivery
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -146,3 +147,28 @@ def test_a_planner_fires_only_the_timers_of_its_own_mesh(pool: ConnectionPool) -
         assert L.due_timers(conn, theirs) == []
     with pool.connection() as conn, conn.transaction():
         assert [t["goal_id"] for t in L.due_timers(conn, ours)] == [goal.goal_id]
+
+
+def test_the_inbox_forgets_events_no_topic_can_deliver_again(pool: ConnectionPool) -> None:
+    consumer = unique("c-")
+    old, recent = [unique("old-") for _ in range(3)], unique("recent-")
+    with pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "insert into inbox (consumer, event_id, seen_at) "
+            "select %s, unnest(%s::text[]), now() - interval '100 days'",
+            (consumer, old),
+        )
+        conn.execute("insert into inbox (consumer, event_id) values (%s, %s)", (consumer, recent))
+
+    def left() -> list[str]:
+        with pool.connection() as conn:
+            rows = conn.execute(
+                "select event_id from inbox where consumer = %s order by event_id", (consumer,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    assert INBOX_KEEP_S == 90 * 24 * 3600  # the escalations topic keeps events longest
+    assert forget_seen(pool, older_than_s=INBOX_KEEP_S, limit=2) == 2  # a bounded delete
+    while forget_seen(pool, older_than_s=INBOX_KEEP_S):
+        pass
+    assert left() == [recent]
