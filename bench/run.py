@@ -107,6 +107,10 @@ def run(plan: Plan, out: Path) -> list[LaneRun]:
     settings = MeshSettings()
     check_all(settings)
     lanes = {k: v for k, v in _lanes(settings, out / "logs").items() if k not in plan.skip}
+    # A broker started a moment ago spends its first minute compiling (a cold JIT): one
+    # unmeasured raw run first, so the first lanes measured are not charged for it.
+    goals = plan.saturation_goals["chain"]
+    _one("R0", lanes["R0"], series="warm-up", shape="chain", goals=goals, in_flight=plan.in_flight)
     runs: list[LaneRun] = []
     for shape in ("chain", "fanout"):
         for name, lane in lanes.items():  # lanes alternate within each shape and load
