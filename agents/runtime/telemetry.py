@@ -75,7 +75,7 @@ class JsonLinesExporter(SpanExporter):
                 {
                     "name": e.name,
                     "timestamp": _iso(e.timestamp),
-                    "attributes": dict(e.attributes or {}),
+                    "attributes": _plain(e.attributes),
                 }
                 for e in events
             ]
