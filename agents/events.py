@@ -15,12 +15,12 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-from agents import __version__
+from agents import __version__, jsontext
 
 
 def _parse_json_object(value: Any) -> Any:
     if isinstance(value, str | bytes):
-        value = json.loads(value)
+        value = jsontext.loads(value)
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
     return value

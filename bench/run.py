@@ -38,6 +38,7 @@ class Plan:
     rates: tuple[float, ...] = ()
     rate_lanes: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()  # lanes this plan leaves out
+    rate_run_s: float = 3.0  # how long goals are offered at a fixed rate
 
 
 QUICK = Plan(
@@ -47,7 +48,10 @@ QUICK = Plan(
     workers=(2,),
     rates=(0.5,),
     rate_lanes=("M",),
-    skip=("M-1%",),  # a variant of M: the quick run keeps to the lanes the ratios compare
+    # The quick run keeps to the lanes the ratios compare: M-1% is a variant of M, and R1 and
+    # R2 are the steps between R0 and M.
+    skip=("M-1%", "R1", "R2"),
+    rate_run_s=1.0,
 )
 FULL = Plan(
     single_goals=40,
@@ -58,7 +62,6 @@ FULL = Plan(
     rates=(0.1, 0.5, 0.9),
     rate_lanes=("R0", "R1", "R2", "M", "M-1%", "celery", "dbos"),
 )
-RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
 # At most this many goals per offered-rate run: a lane that cannot keep up shows it as a queue
 # within a few hundred goals, and working through a longer queue only lengthens the run.
 RATE_GOALS_MAX = 500
@@ -156,11 +159,11 @@ def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
 
 def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> list[LaneRun]:
     """Chains offered at shares of R0's saturation rate: each run offers goals for about
-    RATE_RUN_S seconds (at most RATE_GOALS_MAX) and waits for all of them."""
+    ``plan.rate_run_s`` seconds (at most RATE_GOALS_MAX) and waits for all of them."""
     runs = []
     for share in plan.rates:
         rate = share * ceiling
-        goals = int(rate / SHAPES["chain"] * RATE_RUN_S)
+        goals = int(rate / SHAPES["chain"] * plan.rate_run_s)
         goals = max(10, min(goals, plan.saturation_goals["chain"], RATE_GOALS_MAX))
         for name in plan.rate_lanes:
             if name in lanes:

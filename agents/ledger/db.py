@@ -7,12 +7,17 @@ from operator import attrgetter
 from typing import Any
 
 import psycopg
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from agents import jsontext
 from agents.ledger.migrate import migrate
 from agents.runtime.errors import ConfigError
 from agents.runtime.services import check_postgres
 from agents.runtime.settings import MeshSettings
+
+# The planner reads every task's arguments and outcome back in each batch's snapshot.
+set_json_loads(jsontext.loads)
 
 
 def open_pool(

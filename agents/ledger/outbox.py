@@ -10,7 +10,6 @@ impossible once its state change committed.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from agents import jsontext
 from agents.events import Event
 from agents.ledger.db import Connection, columns
 from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span, log_fields
@@ -307,7 +307,7 @@ def sweep(pool: ConnectionPool, publisher: Publisher, *, older_than_s: float = 2
 
 
 def _headers_json(record: Outgoing) -> str:
-    return json.dumps(
+    return jsontext.dumps(
         [[k, v.decode("latin-1") if isinstance(v, bytes) else v] for k, v in record.headers]
     )
 

@@ -6,7 +6,6 @@ Library modules use ``logging.getLogger(__name__)``; only entry points call ``co
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
+
+from agents import jsontext
 
 _fields: ContextVar[dict[str, str]] = ContextVar("mesh_log_fields", default={})  # noqa: B039
 
@@ -50,7 +51,7 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)
-        return json.dumps(entry, default=str)
+        return jsontext.dumps(entry)
 
 
 def configure(level: str = "INFO") -> None:

@@ -8,7 +8,6 @@ reads. Only the entry points (CLI, tests) install a provider; library code just 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 import time
@@ -24,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from agents import __version__
+from agents import __version__, jsontext
 
 HeaderValue = str | bytes | None
 Headers = list[tuple[str, HeaderValue]]
@@ -83,13 +82,13 @@ class JsonLinesExporter(SpanExporter):
             else [],
         }
         # The resource, serialised once per process, goes in as text before the closing brace.
-        return json.dumps(body, default=str)[:-1] + ', "resource": ' + self._resource(span) + "}\n"
+        return jsontext.dumps(body)[:-1] + ', "resource": ' + self._resource(span) + "}\n"
 
     def _resource(self, span: ReadableSpan) -> str:
         resource = span.resource
         known = self._resources.get(id(resource))
         if known is None:
-            known = json.dumps({"attributes": dict(resource.attributes)}, default=str)
+            known = jsontext.dumps({"attributes": dict(resource.attributes)})
             self._resources[id(resource)] = known
         return known
 
