@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions, Producer
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    Producer,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from agents import events as ev
@@ -364,8 +370,13 @@ def _wait_for_groups(settings: MeshSettings, members: dict[str, int]) -> None:
     deadline = Deadline("the mesh's consumer groups to settle", 60)
     while True:
         futures = admin.describe_consumer_groups(list(members))
-        described = {name: future.result() for name, future in futures.items()}
-        if all(_settled(described[name], count) for name, count in members.items()):
+        try:
+            described = {name: future.result() for name, future in futures.items()}
+        except KafkaException as exc:  # a broker started a moment ago: its coordinator loads
+            if not exc.args[0].retriable():
+                raise
+            described = {}
+        if described and all(_settled(described[n], count) for n, count in members.items()):
             return
         deadline.check()
         time.sleep(0.1)

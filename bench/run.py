@@ -42,7 +42,7 @@ class Plan:
 
 
 QUICK = Plan(
-    single_goals=5,
+    single_goals=3,
     saturation_goals={"chain": 100, "fanout": 20},
     in_flight=50,
     workers=(2,),

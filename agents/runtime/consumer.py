@@ -271,7 +271,9 @@ class BatchHooks(Protocol):
 class HandlerSink:
     """Runs pure handlers, publishes what they return; transient failures retry in place,
     refusals and handler bugs go to dead letters. With ``concurrency`` > 1 the items of a batch
-    run on a thread pool (for slow tools); their order within the batch is then not kept.
+    run on a thread pool (for slow tools); their order within the batch is then not kept. Items
+    for which ``inline`` says so run on the calling thread meanwhile: handing a record that
+    never waits to a pool thread and back cost more than handling it.
 
     ``hooks`` run before and after each batch. A failing ``before_batch`` is only logged: the
     handlers then fetch what they need one by one."""
@@ -282,11 +284,13 @@ class HandlerSink:
         *,
         concurrency: int = 1,
         hooks: BatchHooks | None = None,
+        inline: Callable[[Event], bool] = lambda event: False,
     ) -> None:
         self._handlers = dict(handlers)
         self.accepts = frozenset(self._handlers)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
         self._hooks = hooks
+        self._inline = inline
 
     def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]:
         if self._hooks is not None:
@@ -295,14 +299,26 @@ class HandlerSink:
             except Exception:  # an optimisation only: the handlers fetch for themselves
                 log.exception("batch prefetch failed; handling record by record")
         try:
-            if self._pool is None:
-                done = [self._finish(item, runtime) for item in items]
-            else:
-                done = list(self._pool.map(lambda item: self._finish(item, runtime), items))
+            done = self._finish_all(items, runtime)
         finally:
             if self._hooks is not None:
                 self._hooks.after_batch()
         return [d for d in done if d is not None]
+
+    def _finish_all(self, items: Sequence[Item], runtime: RuntimeHandle) -> list[Delivery | None]:
+        pool = self._pool
+        if pool is None:
+            return [self._finish(item, runtime) for item in items]
+        here = [self._inline(item.event) for item in items]
+        # The pool's share is submitted first, so it runs while this thread does its own.
+        pooled = pool.map(
+            lambda item: self._finish(item, runtime),
+            [item for item, inline in zip(items, here, strict=True) if not inline],
+        )
+        mine = [
+            self._finish(item, runtime) for item, inline in zip(items, here, strict=True) if inline
+        ]
+        return mine + list(pooled)
 
     def close(self) -> None:
         if self._pool is not None:

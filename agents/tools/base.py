@@ -137,6 +137,10 @@ class Tool(Generic[A, R]):
     rate_limit_per_s: float | None = None
     checks: tuple[Check, ...] = ()
     confidence_threshold: float = 0.0  # verdicts on this tool below it escalate
+    # Computes and returns at once (no I/O, no waiting): the worker runs it on the thread that
+    # handles the record, without handing it to a thread of its own, so its timeout is not
+    # enforced. Two thread hand-offs cost more than such a tool's whole run.
+    inline: bool = False
 
     def parse_args(self, raw: Mapping[str, Any]) -> A:
         try:
@@ -171,6 +175,7 @@ def tool(
     rate_limit_per_s: float | None = None,
     checks: Iterable[Check] = (),
     confidence_threshold: float = 0.0,
+    inline: bool = False,
 ) -> Callable[[Callable[[A, ToolContext], R]], Tool[A, R]]:
     """Turn ``def fn(args: ArgsModel, ctx: ToolContext) -> ResultModel`` into a ``Tool``.
 
@@ -194,6 +199,7 @@ def tool(
             rate_limit_per_s=rate_limit_per_s,
             checks=tuple(checks),
             confidence_threshold=confidence_threshold,
+            inline=inline,
         )
 
     return wrap

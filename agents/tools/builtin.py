@@ -51,7 +51,7 @@ class EchoResult(BaseModel):
     value: Any = None
 
 
-@tool(timeout_s=5)
+@tool(timeout_s=5, inline=True)
 def echo(args: EchoArgs, ctx: ToolContext) -> EchoResult:
     """Return the given value unchanged."""
     return EchoResult(value=args.value)
@@ -64,7 +64,10 @@ class FlakyArgs(BaseModel):
     value: Any = None
 
 
-@tool(retry=RetryPolicy(max_attempts=4, initial_delay_s=2.0, factor=2.0, max_delay_s=30.0))
+@tool(
+    retry=RetryPolicy(max_attempts=4, initial_delay_s=2.0, factor=2.0, max_delay_s=30.0),
+    inline=True,
+)
 def flaky(args: FlakyArgs, ctx: ToolContext) -> EchoResult:
     """Fail with a transient error on the first ``fail_times`` attempts, then echo the value."""
     if ctx.attempt <= args.fail_times:

@@ -105,6 +105,16 @@ class Worker:
     def serves(self, pool: str) -> bool:
         return not self._pools or pool in self._pools
 
+    def runs_inline(self, event: ev.Event) -> bool:
+        """Whether handling ``event`` never waits: another pool's task, or an inline tool
+        without a rate limit (see ``Tool.inline``). The sink runs these on its own thread."""
+        if not isinstance(event, ev.TaskAssigned) or not self.serves(event.pool):
+            return True
+        if event.tool not in self._registry:
+            return True  # refused at once
+        tool = self._registry.get(event.tool)
+        return tool.inline and tool.rate_limit_per_s is None
+
     def before_batch(self, events: Sequence[ev.Event]) -> None:
         """One Redis round trip for the whole batch: stored outcomes, cancel flags, leases."""
         mine = [e for e in events if isinstance(e, ev.TaskAssigned) and self.serves(e.pool)]
@@ -195,7 +205,8 @@ class Worker:
         args = tool.parse_args(event.arguments)
         if tool.rate_limit_per_s is not None:
             self._limiter.wait_turn(tool.name, tool.rate_limit_per_s)
-        future = self._calls.submit(tool.run, args, self._context(event))
+        context = self._context(event)
+        future = None if tool.inline else self._calls.submit(tool.run, args, context)
         attributes: dict[str, str | int] = {
             "mesh.goal_id": event.goal_id,
             "mesh.task_id": event.task_id,
@@ -203,7 +214,10 @@ class Worker:
         }
         try:
             with tracer.start_as_current_span(f"tool {tool.name}", attributes=attributes):
-                result = future.result(timeout=event.timeout_s or tool.timeout_s)
+                if future is None:
+                    result = tool.run(args, context)
+                else:
+                    result = future.result(timeout=event.timeout_s or tool.timeout_s)
         except FutureTimeout as exc:
             raise ToolTimeoutError(
                 f"{tool.name} did not finish within {event.timeout_s:g}s"

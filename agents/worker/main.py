@@ -33,7 +33,12 @@ def run(
         max_parallel_tools=parallel * 2,
     )
     leases.start_heartbeat()
-    sink = HandlerSink({ev.TaskAssigned: worker.on_assigned}, concurrency=parallel, hooks=worker)
+    sink = HandlerSink(
+        {ev.TaskAssigned: worker.on_assigned},
+        concurrency=parallel,
+        hooks=worker,
+        inline=worker.runs_inline,
+    )
     # Workers of the same pools share one group; each pool set reads the tasks topic on its own.
     suffix = "-" + "-".join(sorted(pools)) if pools else "-all"
     try:

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
@@ -16,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agents import events as ev
-from agents.runtime.consumer import Backoff, ConsumerRuntime, Delivery, Handler, HandlerSink
+from agents.runtime.consumer import Backoff, ConsumerRuntime, Delivery, Handler, HandlerSink, Item
 from agents.runtime.errors import PermanentError, TransientError
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -292,3 +293,35 @@ def test_unreachable_kafka_fails_fast_naming_the_fix() -> None:
     assert "KAFKA_BOOTSTRAP_SERVERS" in done.stderr and "make up" in done.stderr
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 30  # generous: it must not hang, not be fast
+
+
+def test_records_that_never_wait_are_handled_on_the_calling_thread(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    threads: dict[str, str] = {}
+
+    def handle(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        threads[event.goal_id] = threading.current_thread().name
+        return []
+
+    sink = HandlerSink(
+        {ev.GoalCancelled: handle},
+        concurrency=4,
+        inline=lambda event: event.goal_id.startswith("quick"),
+    )
+    events = [
+        ev.GoalCancelled(envelope=envelope(f"{kind}-{n}"))
+        for kind in ("quick", "slow")
+        for n in range(3)
+    ]
+    items = [Item(e, Delivery("t", 0, n, None, (), 0, None)) for n, e in enumerate(events)]
+    consumer = runtime(mesh_settings, codec, publisher, {}, ["goals"])
+    try:
+        done = sink.handle(items, consumer)
+    finally:
+        consumer.close()
+        sink.close()
+    assert sorted(d.offset for d in done) == list(range(6))
+    here = threading.current_thread().name
+    assert {threads[f"quick-{n}"] for n in range(3)} == {here}
+    assert here not in {threads[f"slow-{n}"] for n in range(3)}

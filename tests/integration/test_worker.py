@@ -3,21 +3,23 @@ failures, never crashes; timeouts, scopes and rate limits are enforced."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 
 from agents import events as ev
 from agents.ledger.db import open_pool
 from agents.runtime.consumer import Delivery
 from agents.runtime.settings import MeshSettings
 from agents.runtime.shortlived import Leases, RateLimiter, ReplayCache
-from agents.tools.base import Registry, ToolResources
+from agents.tools.base import Registry, Tool, ToolContext, ToolResources
 from agents.tools.catalogue import default_registry
 from agents.worker.agent import Worker
 from schemas.codec import Codec
@@ -148,3 +150,43 @@ def test_a_repeated_assignment_sends_the_same_outcome_without_rerunning(
     rerun = outcome(w, task)  # the cache is gone: the (idempotent) work runs again
     assert isinstance(rerun, ev.TaskCompleted) and rerun.event_id != first.event_id
     assert rerun.result["started_at"] > first.result["started_at"]
+
+
+class _Value(BaseModel):
+    value: int = 0
+
+
+def _thread_tools(ran_on: dict[str, str]) -> Registry:
+    def record(name: str) -> Callable[[_Value, ToolContext], _Value]:
+        def run(args: _Value, ctx: ToolContext) -> _Value:
+            ran_on[name] = threading.current_thread().name
+            return args
+
+        return run
+
+    def make(name: str, **kw: Any) -> Tool[_Value, _Value]:
+        return Tool(name, name, _Value, _Value, record(name), **kw)
+
+    return Registry(
+        [
+            make("quick", inline=True),
+            make("slow"),
+            make("limited", inline=True, rate_limit_per_s=50),
+        ]
+    )
+
+
+def test_inline_tools_run_on_the_handling_thread_and_others_on_a_thread_of_their_own(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    ran_on: dict[str, str] = {}
+    w = worker(mesh_settings, pool, tmp_path, registry=_thread_tools(ran_on))
+    for name in ("quick", "slow"):
+        assert isinstance(outcome(w, assign(name, {"value": 1})), ev.TaskCompleted)
+    here = threading.current_thread().name
+    assert ran_on["quick"] == here and ran_on["slow"] != here
+    # What the sink may run on its own thread: only what never waits.
+    inline = {
+        name: w.runs_inline(assign(name, {})) for name in ("quick", "slow", "limited", "nope")
+    }
+    assert inline == {"quick": True, "slow": False, "limited": False, "nope": True}
