@@ -77,7 +77,7 @@ class Evaluator:
             return
         with self._db.connection() as conn:
             rows = conn.execute(
-                f"{_CONTEXT_QUERY} from unnest(%s::text[], %s::int[]) as k(task_id, attempt) "
+                f"{_CONTEXT_QUERY} from unnest(%b::text[], %b::int[]) as k(task_id, attempt) "
                 "join attempts a using (task_id, attempt) "
                 "join tasks t using (task_id) join goals g on g.goal_id = t.goal_id",
                 ([k[0] for k in keys], [k[1] for k in keys]),

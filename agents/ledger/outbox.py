@@ -157,7 +157,7 @@ class LedgerSink:
     def _claim(self, conn: Connection, items: Sequence[Item]) -> psycopg.Cursor[Any]:
         """Record the batch's event ids in the inbox; the cursor returns those seen first now."""
         return conn.execute(
-            "insert into inbox (consumer, event_id) select %s, unnest(%s::text[]) "
+            "insert into inbox (consumer, event_id) select %s, unnest(%b::text[]) "
             "on conflict do nothing returning event_id",
             (self._consumer, [item.event.event_id for item in items]),
         )
@@ -236,7 +236,7 @@ def stage(
         return list
     cursor = conn.execute(
         "insert into outbox (topic, key, value, headers) "
-        "select * from unnest(%s::text[], %s::bytea[], %s::bytea[], %s::jsonb[]) "
+        "select * from unnest(%b::text[], %b::bytea[], %b::bytea[], %b::jsonb[]) "
         "returning id",
         (*columns(records, "topic", "key", "value"), [_headers_json(r) for r in records]),
     )
@@ -269,7 +269,7 @@ def deliver(publisher: Publisher, sent: Sequence[tuple[int, Outgoing]]) -> list[
 def forget(conn: Connection, ids: Sequence[int]) -> None:
     """Delete delivered outbox rows, in the caller's transaction."""
     if ids:
-        conn.execute("delete from outbox where id = any(%s)", (list(ids),))
+        conn.execute("delete from outbox where id = any(%b)", (list(ids),))
 
 
 def forget_seen(pool: ConnectionPool, *, older_than_s: float, limit: int = 10_000) -> int:
@@ -301,7 +301,7 @@ def sweep(pool: ConnectionPool, publisher: Publisher, *, older_than_s: float = 2
         for _, topic, key, value, headers in rows:
             publisher.send(Outgoing(topic, key, value, _headers_from(headers)))
         publisher.flush()
-        conn.execute("delete from outbox where id = any(%s)", ([r[0] for r in rows],))
+        conn.execute("delete from outbox where id = any(%b)", ([r[0] for r in rows],))
     log.info("outbox sweeper sent %d record(s)", len(rows))
     return len(rows)
 

@@ -229,13 +229,13 @@ def dispatch_all(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
     """Record dispatches, three statements however many there are."""
     conn.execute(
         "update tasks t set status = 'dispatched', attempt = v.attempt "
-        "from unnest(%s::text[], %s::int[]) as v(task_id, attempt) where t.task_id = v.task_id",
+        "from unnest(%b::text[], %b::int[]) as v(task_id, attempt) where t.task_id = v.task_id",
         columns(dispatches, "task.task_id", "attempt"),
     )
     conn.execute(
         "insert into attempts (task_id, attempt, status, arguments, message) "
         "select v.task_id, v.attempt, 'dispatched', v.arguments, v.message "
-        "from unnest(%s::text[], %s::int[], %s::jsonb[], %s::text[]) "
+        "from unnest(%b::text[], %b::int[], %b::jsonb[], %b::text[]) "
         "as v(task_id, attempt, arguments, message)",
         (
             *columns(dispatches, "task.task_id", "attempt"),
@@ -248,7 +248,7 @@ def dispatch_all(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
     if counted:
         conn.execute(
             "update goals g set steps_used = steps_used + v.n from "
-            "(select goal_id, count(*) as n from unnest(%s::text[]) as goal_id group by goal_id) v "
+            "(select goal_id, count(*) as n from unnest(%b::text[]) as goal_id group by goal_id) v "
             "where g.goal_id = v.goal_id",
             (counted,),
         )
@@ -273,7 +273,7 @@ def mark_evaluating(conn: Connection, events: Sequence[Outcome]) -> psycopg.Curs
     return conn.execute(
         "update tasks t set status = 'evaluating', "
         "first_started_at = coalesce(t.first_started_at, v.started_at) "
-        "from unnest(%s::text[], %s::int[], %s::timestamptz[]) as v(task_id, attempt, started_at) "
+        "from unnest(%b::text[], %b::int[], %b::timestamptz[]) as v(task_id, attempt, started_at) "
         "where t.task_id = v.task_id and t.attempt = v.attempt and t.status = 'dispatched' "
         "returning t.task_id",
         columns(events, "task_id", "attempt", "started_at"),
@@ -288,8 +288,8 @@ def record_attempts(conn: Connection, events: Sequence[Outcome]) -> None:
         "started_at = v.started_at, finished_at = v.finished_at, category = v.category, "
         "message = coalesce(v.message, a.message), result = v.result, "
         "input_tokens = v.input_tokens, output_tokens = v.output_tokens, cost_usd = v.cost_usd "
-        "from unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], "
-        "%s::timestamptz[], %s::text[], %s::text[], %s::jsonb[], %s::bigint[], %s::bigint[], "
+        "from unnest(%b::text[], %b::int[], %b::text[], %b::text[], %b::timestamptz[], "
+        "%b::timestamptz[], %b::text[], %b::text[], %b::jsonb[], %b::bigint[], %b::bigint[], "
         "%s::float8[]) as v(task_id, attempt, status, worker_id, started_at, finished_at, "
         "category, message, result, input_tokens, output_tokens, cost_usd) "
         "where a.task_id = v.task_id and a.attempt = v.attempt and a.status = 'dispatched'",
@@ -329,8 +329,8 @@ def insert_verdicts(conn: Connection, events: Sequence[ev.TaskEvaluated]) -> psy
     return conn.execute(
         "insert into verdicts (task_id, attempt, decision, confidence, reason, feedback, "
         "input_tokens, output_tokens, cost_usd) "
-        "select v.* from unnest(%s::text[], %s::int[], %s::text[], %s::float8[], %s::text[], "
-        "%s::text[], %s::bigint[], %s::bigint[], %s::float8[]) as v(task_id, attempt, decision, "
+        "select v.* from unnest(%b::text[], %b::int[], %b::text[], %s::float8[], %b::text[], "
+        "%b::text[], %b::bigint[], %b::bigint[], %s::float8[]) as v(task_id, attempt, decision, "
         "confidence, reason, feedback, input_tokens, output_tokens, cost_usd) "
         "where exists (select 1 from attempts a where a.task_id = v.task_id "
         "and a.attempt = v.attempt) on conflict do nothing returning task_id",
@@ -355,7 +355,7 @@ def succeed_all(
     return conn.execute(
         "update tasks t set status = 'succeeded', finished_at = %s, result = a.result, "
         "first_started_at = coalesce(t.first_started_at, a.started_at) "
-        "from attempts a where t.task_id = any(%s) and a.task_id = t.task_id "
+        "from attempts a where t.task_id = any(%b) and a.task_id = t.task_id "
         "and a.attempt = t.attempt returning t.task_id, t.result",
         (finished_at, list(task_ids)),
     )
@@ -416,12 +416,12 @@ def finish_goals(conn: Connection, finishes: Sequence[Finish]) -> None:
     conn.execute(
         "update goals g set status = v.status, summary = v.summary, error_category = v.category, "
         "error_message = v.message, output = v.output, finished_at = now() "
-        "from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[]) "
+        "from unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[]) "
         "as v(goal_id, status, summary, category, message, output) where g.goal_id = v.goal_id",
         (ids, *ends, [Jsonb(f.output) if f.output is not None else None for f in finishes]),
     )
     conn.execute(
-        "update tasks set status = 'cancelled' where goal_id = any(%s) "
+        "update tasks set status = 'cancelled' where goal_id = any(%b) "
         "and status in ('pending', 'dispatched', 'evaluating', 'waiting_retry', 'waiting_human')",
         (ids,),
     )
@@ -566,7 +566,7 @@ def due_timers(conn: Connection, mesh: str, limit: int = 200) -> list[dict[str, 
         ).fetchall()
         if rows:
             cur.execute(
-                "update timers set fired_at = now() where timer_id = any(%s)",
+                "update timers set fired_at = now() where timer_id = any(%b)",
                 ([r["timer_id"] for r in rows],),
             )
     return rows

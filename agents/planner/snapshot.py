@@ -63,7 +63,7 @@ class Snapshot:
             return cls(conn, {}, {}, {})
         with conn.cursor(row_factory=dict_row) as goals, conn.cursor(row_factory=dict_row) as tasks:
             goals.execute(
-                f"select {_GOAL_COLUMNS} from goals where goal_id = any(%s) "  # noqa: S608
+                f"select {_GOAL_COLUMNS} from goals where goal_id = any(%b) "  # noqa: S608
                 "order by goal_id for update",
                 (ids,),
             )
@@ -72,7 +72,7 @@ class Snapshot:
                 "from goals g join tasks t on t.goal_id = g.goal_id "
                 "and t.plan_version = g.plan_version "
                 "left join attempts a on a.task_id = t.task_id and a.attempt = t.attempt "
-                "where g.goal_id = any(%s) order by t.task_id",
+                "where g.goal_id = any(%b) order by t.task_id",
                 (ids,),
             )
             held = {row["goal_id"]: GoalRow(**row) for row in goals.fetchall()}
