@@ -270,12 +270,14 @@ def run_mesh(
     outbox), and no Redis, tool or judgement work."""
     settings = settings.model_copy(update={"topic_prefix": f"bench.{uuid.uuid4().hex[:8]}."})
     ensure(settings)
+    traces = log_dir / "traces.jsonl"
+    traces.unlink(missing_ok=True)  # the last run's spans only: a full run writes gigabytes
     env = os.environ | {
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "DATABASE_URL": settings.database_url.get_secret_value(),
         "REDIS_URL": settings.redis_url.get_secret_value(),
         "MESH_TOPIC_PREFIX": settings.topic_prefix,
-        "MESH_TRACE_FILE": str(log_dir / "traces.jsonl"),
+        "MESH_TRACE_FILE": str(traces),
     }
     if trace_ratio is not None:  # the OpenTelemetry SDK's own switches
         env |= {

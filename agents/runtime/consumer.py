@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -356,9 +356,9 @@ class HandlerSink:
                 return item.delivery
 
 
-@contextmanager
-def consumer_span(item: Item) -> Iterator[None]:
-    """The consumer span of one record, continuing the trace its producer started."""
+def consumer_span(item: Item) -> AbstractContextManager[object]:
+    """The consumer span of one record, continuing the trace its producer started (the tracer's
+    own context manager: a generator around it cost a tenth of the span)."""
     delivery, event = item.delivery, item.event
     context = extract(delivery.headers)
     name = f"process {delivery.topic}"
@@ -371,10 +371,9 @@ def consumer_span(item: Item) -> Iterator[None]:
         "mesh.event.type": event.schema_name,
         "mesh.goal_id": event.goal_id,
     }
-    with tracer.start_as_current_span(
+    return tracer.start_as_current_span(
         name, context=context, kind=SpanKind.CONSUMER, attributes=attributes
-    ):
-        yield
+    )
 
 
 def log_fields(event: Event) -> dict[str, str]:
