@@ -7,7 +7,7 @@ from operator import attrgetter
 from typing import Any
 
 import psycopg
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from agents import jsontext
@@ -16,8 +16,10 @@ from agents.runtime.errors import ConfigError
 from agents.runtime.services import check_postgres
 from agents.runtime.settings import MeshSettings
 
-# The planner reads every task's arguments and outcome back in each batch's snapshot.
+# The planner reads every task's arguments and outcome back in each batch's snapshot, and writes
+# plans, arguments and results as JSON columns.
 set_json_loads(jsontext.loads)
+set_json_dumps(jsontext.dumps)
 
 
 def open_pool(
