@@ -43,7 +43,7 @@ from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
 from agents.planner.snapshot import Snapshot
 from agents.runtime.consumer import Delivery
-from agents.runtime.telemetry import tracer
+from agents.runtime.telemetry import Headers, inject, tracer
 from agents.tools.base import HUMAN_RETRY, Registry
 
 AGENT = "planner"
@@ -872,7 +872,11 @@ def _locked(conn: Connection, goal_id: str) -> GoalRow:
 
 
 def _traceparent(delivery: Delivery) -> str | None:
-    for key, value in delivery.headers:
-        if key == "traceparent" and value is not None:
+    """The goal's trace, kept so that what its timers send joins it: the submitter's span, or,
+    when the submission came without one, the span this planner handles it in (the root)."""
+    here: Headers = []
+    inject(here)
+    for key, value in (*delivery.headers, *here):  # the record's own first
+        if key == "traceparent" and isinstance(value, bytes):
             return value.decode("latin-1")
     return None

@@ -559,7 +559,8 @@ def due_timers(conn: Connection, mesh: str, limit: int = 200) -> list[dict[str, 
     planners skip them)."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select t.timer_id, t.goal_id, t.kind, t.task_id, t.escalation_id, t.payload "  # noqa: S608
+            "select t.timer_id, t.goal_id, t.kind, t.task_id, t.escalation_id, t.payload, "  # noqa: S608
+            "g.trace_parent "
             f"from timers t join goals g using (goal_id) where {_DUE} "
             "order by t.goal_id, t.due_at limit %s for update of t skip locked",
             (mesh, limit),

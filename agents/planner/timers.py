@@ -9,6 +9,8 @@ savepoint, and the events it causes go out through the outbox like any other.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
+from typing import Any
 
 from psycopg_pool import ConnectionPool
 
@@ -16,6 +18,7 @@ from agents.ledger.outbox import relay, store
 from agents.planner import ledger as L  # noqa: N812
 from agents.planner.agent import Planner
 from agents.runtime.publisher import Outgoing, Publisher
+from agents.runtime.telemetry import extract, tracer
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ def fire_due(pool: ConnectionPool, publisher: Publisher, planner: Planner) -> in
         records: list[Outgoing] = []
         for timer in timers:
             try:
-                with conn.transaction():
+                with conn.transaction(), _timer_span(timer):
                     records += [publisher.prepare(e) for e in planner.on_timer(conn, timer)]
             except Exception as exc:  # one bad timer must not hold the others
                 log.exception("timer %s of goal %s failed", timer["timer_id"], timer["goal_id"])
@@ -37,3 +40,14 @@ def fire_due(pool: ConnectionPool, publisher: Publisher, planner: Planner) -> in
         sent = store(conn, records)
     relay(pool, publisher, sent)
     return len(timers)
+
+
+def _timer_span(timer: dict[str, Any]) -> AbstractContextManager[object]:
+    """A span in the goal's own trace (its ``traceparent`` from submission), so what a timer
+    sends (a retry's dispatch, an escalation's expiry) stays in the goal's one trace."""
+    parent = timer.get("trace_parent")
+    return tracer.start_as_current_span(
+        f"timer {timer['kind']}",
+        context=extract([("traceparent", parent)] if parent else []),
+        attributes={"mesh.goal_id": timer["goal_id"], "mesh.timer.kind": timer["kind"]},
+    )

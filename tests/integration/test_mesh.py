@@ -183,8 +183,13 @@ def test_a_goal_runs_in_one_trace_across_processes(
 ) -> None:
     import json
 
+    # The flaky step fails once, so its second attempt is sent by a timer, not by a record.
+    steps = steps_input(
+        {"id": "a", "tool": "echo"},
+        {"id": "b", "tool": "flaky", "arguments": {"fail_times": 1}, "depends_on": ["a"]},
+    )
     with running_mesh(mesh_settings, tmp_path) as fleet, MeshClient(mesh_settings) as client:
-        goal = client.submit("steps", input=steps_input({"id": "a", "tool": "echo"})).wait(60)
+        goal = client.submit("steps", input=steps).wait(60)
         assert goal.status == "completed"
     del fleet  # stopped: every process flushed its spans to the trace file
     spans = [json.loads(line) for line in (tmp_path / "traces.jsonl").read_text().splitlines()]
@@ -192,3 +197,6 @@ def test_a_goal_runs_in_one_trace_across_processes(
     services = {s["resource"]["attributes"]["service.name"] for s in mine}
     assert {"mesh-planner", "mesh-worker", "mesh-evaluator"} <= services
     assert len({s["context"]["trace_id"] for s in mine}) == 1
+    assert "timer retry" in {s["name"] for s in mine}
+    tools = [s for s in mine if s["name"] == "tool flaky"]
+    assert len(tools) == 2, [s["name"] for s in mine]  # both attempts, the timer's one included
