@@ -38,7 +38,6 @@ class Plan:
     rates: tuple[float, ...] = ()
     rate_lanes: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()  # lanes this plan leaves out
-    rate_run_s: float = 3.0  # how long goals are offered at a fixed rate
 
 
 QUICK = Plan(
@@ -46,12 +45,9 @@ QUICK = Plan(
     saturation_goals={"chain": 100, "fanout": 20},
     in_flight=50,
     workers=(2,),
-    rates=(0.5,),
-    rate_lanes=("M",),
-    # The quick run keeps to the lanes the ratios compare: M-1% is a variant of M, and R1 and
-    # R2 are the steps between R0 and M.
+    # The quick run keeps to the lanes and loads the ratios compare: M-1% is a variant of M, R1
+    # and R2 are the steps between R0 and M, and the offered rates are the full run's.
     skip=("M-1%", "R1", "R2"),
-    rate_run_s=1.0,
 )
 FULL = Plan(
     single_goals=40,
@@ -65,6 +61,7 @@ FULL = Plan(
 # At most this many goals per offered-rate run: a lane that cannot keep up shows it as a queue
 # within a few hundred goals, and working through a longer queue only lengthens the run.
 RATE_GOALS_MAX = 500
+RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
 
 Lane = Callable[..., LaneRun]
 
@@ -159,11 +156,11 @@ def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
 
 def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> list[LaneRun]:
     """Chains offered at shares of R0's saturation rate: each run offers goals for about
-    ``plan.rate_run_s`` seconds (at most RATE_GOALS_MAX) and waits for all of them."""
+    RATE_RUN_S seconds (at most RATE_GOALS_MAX) and waits for all of them."""
     runs = []
     for share in plan.rates:
         rate = share * ceiling
-        goals = int(rate / SHAPES["chain"] * plan.rate_run_s)
+        goals = int(rate / SHAPES["chain"] * RATE_RUN_S)
         goals = max(10, min(goals, plan.saturation_goals["chain"], RATE_GOALS_MAX))
         for name in plan.rate_lanes:
             if name in lanes:
