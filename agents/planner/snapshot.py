@@ -61,7 +61,7 @@ class Snapshot:
         ids = sorted(set(goal_ids))
         if not ids:
             return cls(conn, {}, {}, {})
-        with conn.cursor(row_factory=dict_row) as goals, conn.cursor(row_factory=dict_row) as tasks:
+        with conn.cursor(row_factory=dict_row) as goals, conn.cursor() as tasks:
             goals.execute(
                 f"select {_GOAL_COLUMNS} from goals where goal_id = any(%b) "  # noqa: S608
                 "order by goal_id for update",
@@ -78,11 +78,10 @@ class Snapshot:
             held = {row["goal_id"]: GoalRow(**row) for row in goals.fetchall()}
             by_goal: dict[str, dict[str, TaskRow]] = {goal_id: {} for goal_id in held}
             outcomes: dict[str, Any] = {}
-            for row in tasks.fetchall():
-                goal_id, outcome = row.pop("goal_id"), row.pop("outcome")
-                task = L.task_row(row)
-                by_goal[goal_id][task.task_id] = task
-                outcomes[task.task_id] = outcome
+            for row in tasks.fetchall():  # goal_id, the task's columns, the outcome
+                task = L.task_from(row[1:-1])
+                by_goal[row[0]][task.task_id] = task
+                outcomes[task.task_id] = row[-1]
         snapshot = cls(conn, held, by_goal, outcomes)
         snapshot._absent = set(ids) - set(held)
         return snapshot

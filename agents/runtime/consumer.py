@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.trace import SpanKind
@@ -55,14 +55,14 @@ class Delivery:
     def of(cls, message: Message) -> Delivery:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
-        raw = message.headers() or []
-        headers = raw.items() if isinstance(raw, dict) else raw
         return cls(
             topic=topic,
             partition=partition,
             offset=offset,
             key=message.key(),
-            headers=tuple((k, v.encode() if isinstance(v, str) else v) for k, v in headers),
+            # ``Message.headers()`` of a consumed record is documented as a list of (str, bytes)
+            # pairs; the stubs allow what a record being produced may hold.
+            headers=tuple(cast(list[tuple[str, bytes | None]], message.headers() or [])),
             timestamp_ms=message.timestamp()[1],
             value=message.value(),
         )
