@@ -160,7 +160,7 @@ class Planner:
     ) -> list[ev.Event]:
         snapshot = self._snapshot
         new = snapshot is not None and snapshot.is_new(event.goal_id)
-        if not L.insert_goal(conn, event, _traceparent(delivery), self.mesh, known_new=new):
+        if not L.insert_goal(conn, event, _goal_traceparent(delivery), self.mesh, known_new=new):
             return []  # the same goal submitted again: it is already in hand
         goal = L.goal_row(event) if new else _locked(conn, event.goal_id)
         planned = self._plan(conn, goal, event.event_id)
@@ -871,7 +871,7 @@ def _locked(conn: Connection, goal_id: str) -> GoalRow:
     return goal
 
 
-def _traceparent(delivery: Delivery) -> str | None:
+def _goal_traceparent(delivery: Delivery) -> str | None:
     """The goal's trace, kept so that what its timers send joins it: the submitter's span, or,
     when the submission came without one, the span this planner handles it in (the root)."""
     here: Headers = []

@@ -128,7 +128,7 @@ def task(conn: Connection, task_id: str) -> TaskRow | None:
 
 
 def task_row(row: dict[str, Any]) -> TaskRow:
-    return TaskRow(**(row | {"depends_on": tuple(row["depends_on"])}))
+    return task_from([row[name] for name in _TASK_FIELDS])
 
 
 _DEPENDS_ON = _TASK_FIELDS.index("depends_on")
