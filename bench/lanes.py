@@ -25,6 +25,7 @@ from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import (
     client_config,
     consumer_config,
+    coordinator_busy,
     fetch,
     producer_config,
     watermarks,
@@ -384,7 +385,7 @@ def _wait_for_groups(settings: MeshSettings, members: dict[str, int]) -> None:
         try:
             described = {name: future.result() for name, future in futures.items()}
         except KafkaException as exc:  # a broker started a moment ago: its coordinator loads
-            if not exc.args[0].retriable():
+            if not coordinator_busy(exc):
                 raise
             described = {}
         if described and all(_settled(described[n], count) for n, count in members.items()):

@@ -13,7 +13,7 @@ from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.fleet import Fleet
-from agents.runtime.kafka import client_config
+from agents.runtime.kafka import client_config, coordinator_busy
 from agents.runtime.settings import MeshSettings
 from tests.support import assert_eventually
 
@@ -44,7 +44,7 @@ def wait_groups(settings: MeshSettings, members: dict[str, int], timeout: float 
             try:
                 group = futures[f"{settings.topic_prefix}{suffix}"].result()
             except KafkaException as exc:
-                if _coordinator_busy(exc):
+                if coordinator_busy(exc):
                     return False
                 raise
             if group.state != ConsumerGroupState.STABLE or len(group.members) != want:
@@ -86,19 +86,6 @@ def steps_input(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"playbook": "steps", "steps": list(steps), **extra}
 
 
-_COORDINATOR_STARTING = {
-    "NOT_COORDINATOR",
-    "COORDINATOR_LOAD_IN_PROGRESS",
-    "COORDINATOR_NOT_AVAILABLE",
-}
-
-
-def _coordinator_busy(exc: KafkaException) -> bool:
-    """A fresh broker answers group requests with these until its offsets topic is ready."""
-    error = exc.args[0]
-    return bool(error.retriable()) or error.name() in _COORDINATOR_STARTING
-
-
 def wait_for_group_coordinator(settings: MeshSettings, timeout: float = 60.0) -> None:
     """Return once the broker answers consumer-group requests (it creates its offsets topic on
     the first one, which takes a moment on a fresh broker)."""
@@ -109,7 +96,7 @@ def wait_for_group_coordinator(settings: MeshSettings, timeout: float = 60.0) ->
         try:
             future.result()
         except KafkaException as exc:
-            if _coordinator_busy(exc):
+            if coordinator_busy(exc):
                 return False
             raise
         return True

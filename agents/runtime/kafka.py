@@ -90,6 +90,18 @@ def check_kafka(settings: MeshSettings) -> AdminClient:
 
 
 _LEADER_SETTLING = {"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART"}
+_COORDINATOR_STARTING = {
+    "NOT_COORDINATOR",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "COORDINATOR_NOT_AVAILABLE",
+}
+
+
+def coordinator_busy(exc: KafkaException) -> bool:
+    """A fresh broker answers group requests with these until its offsets topic is ready (not
+    every one of them comes flagged as retriable)."""
+    error = exc.args[0]
+    return bool(error.retriable()) or error.name() in _COORDINATOR_STARTING
 
 
 def watermarks(
