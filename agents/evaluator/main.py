@@ -17,7 +17,7 @@ def run(settings: MeshSettings, *, concurrency: int = 4) -> int:
     # judgements wait on the network, so several run at once.
     if engine.name == "offline":
         concurrency = 1
-    app = AgentApp.start("evaluator", settings, db_size=concurrency + 1)
+    app = AgentApp.start("evaluator", settings, db_size=concurrency + 1, reads_only=True)
     evaluator = Evaluator(engine=engine, registry=default_registry(), db=app.db)
     handlers: dict[type[ev.Event], Handler] = {
         ev.TaskCompleted: evaluator.on_outcome,

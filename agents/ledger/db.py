@@ -23,7 +23,11 @@ set_json_dumps(jsontext.dumps)
 
 
 def open_pool(
-    settings: MeshSettings, *, max_size: int = 4, run_migrations: bool = True
+    settings: MeshSettings,
+    *,
+    max_size: int = 4,
+    run_migrations: bool = True,
+    autocommit: bool = False,
 ) -> ConnectionPool:
     """A ready connection pool on the ledger; migrations applied first unless told otherwise."""
     check_postgres(settings)
@@ -35,7 +39,7 @@ def open_pool(
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs={"autocommit": False},
+        kwargs={"autocommit": autocommit},
         name="ledger",
     )
     try:

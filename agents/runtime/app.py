@@ -46,11 +46,15 @@ class AgentApp:
     redis: redis.Redis
 
     @classmethod
-    def start(cls, role: str, settings: MeshSettings, *, db_size: int = 4) -> AgentApp:
-        """Check every service first (fail fast, fix named), then build the pieces."""
+    def start(
+        cls, role: str, settings: MeshSettings, *, db_size: int = 4, reads_only: bool = False
+    ) -> AgentApp:
+        """Check every service first (fail fast, fix named), then build the pieces. A role that
+        ``reads_only`` from the ledger gets autocommit connections: no transaction to begin
+        and commit around each read, which was a round trip per batch."""
         check_kafka(settings)
         check_redis(settings)
-        db = open_pool(settings, max_size=db_size)
+        db = open_pool(settings, max_size=db_size, autocommit=reads_only)
         provider = setup_tracing(f"mesh-{role}")
         del provider
         client_id = instance_id(role)
