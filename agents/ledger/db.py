@@ -40,6 +40,7 @@ def open_pool(
         max_size=max_size,
         open=False,
         kwargs={"autocommit": autocommit},
+        configure=_generic_plans,
         name="ledger",
     )
     try:
@@ -50,6 +51,16 @@ def open_pool(
 
 
 Connection = psycopg.Connection[Any]
+
+
+def _generic_plans(conn: Connection) -> None:
+    """Plan each prepared statement once. psycopg prepares a statement run five times on a
+    connection, but under Postgres's default ``plan_cache_mode`` the ledger's statements (array
+    parameters, joins of three or four tables) got a fresh custom plan on every run, 295 of 295
+    times: planning the evaluator's context read took 1.3 ms, running it 0.27."""
+    conn.execute("set plan_cache_mode = force_generic_plan")
+    if not conn.autocommit:
+        conn.commit()
 
 
 def columns(rows: Sequence[Any], *fields: str) -> tuple[list[Any], ...]:
