@@ -300,6 +300,9 @@ class HandlerSink:
                 log.exception("batch prefetch failed; handling record by record")
         try:
             done = self._finish_all(items, runtime)
+            # On their way while the hooks write back (a worker's Redis pipeline), as a record
+            # produced inside its handler was.
+            runtime.publisher.send_held()
         finally:
             if self._hooks is not None:
                 self._hooks.after_batch()

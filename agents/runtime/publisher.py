@@ -1,13 +1,15 @@
 """Publishing typed events: the event's type picks its topic and key (``topics.catalogue``).
 
-Records are produced asynchronously by an idempotent producer; ``flush`` waits for every
-outstanding delivery and raises ``DeliveryError`` if any failed, so callers store consumer offsets
-or report success only for what the broker really has.
+``publish`` encodes an event and holds the record; ``flush`` hands every held record to an
+idempotent producer, waits for every outstanding delivery and raises ``DeliveryError`` if any
+failed, so callers store consumer offsets or report success only for what the broker really has.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -52,10 +54,18 @@ class Publisher:
         self._codec = codec
         self._producer = Producer(producer_config(settings, client_id=client_id))
         self._failures: list[str] = []
+        self._held: deque[Outgoing] = deque()
+        self._draining = threading.Lock()
 
     def publish(self, event: Event, *, key: bytes | None = None) -> None:
-        """Queue ``event`` for its topic; ``key`` overrides the catalogue's key (dead letters)."""
-        self.send(self.prepare(event, key=key))
+        """Encode ``event`` for its topic and hold it until ``flush``; ``key`` overrides the
+        catalogue's key (dead letters).
+
+        Held rather than produced at once: a batch's records handed to the client together go
+        out in fewer produce requests, and under load a produce call between two handlers took
+        0.3-0.4 ms of wall time each (with the GIL held) against 6-20 us in a burst.
+        """
+        self._held.append(self.prepare(event, key=key))
 
     def prepare(self, event: Event, *, key: bytes | None = None) -> Outgoing:
         """Encode ``event`` into the record that will carry it, trace context included.
@@ -102,12 +112,22 @@ class Publisher:
         # Delivery reports are served by ``flush``, which every sender calls after its batch;
         # serving them here too cost a call into the client for every record.
 
+    def send_held(self) -> None:
+        """Hand what ``publish`` held to the producer without waiting for the broker."""
+        # Under the lock, so a thread that finds nothing left to send knows that what another
+        # thread took from ``_held`` was produced before its own wait in ``flush``.
+        with self._draining:
+            while self._held:
+                self.send(self._held.popleft())
+
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self._failures.append(f"{message.topic()}: {error.str()}")
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every queued record is acknowledged; raise if any was refused or is late."""
+        """Send what ``publish`` held, then wait until every queued record is acknowledged; raise
+        if any was refused or is late."""
+        self.send_held()
         remaining = self._producer.flush(timeout)
         failures, self._failures = self._failures, []
         if remaining:

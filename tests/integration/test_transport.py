@@ -106,6 +106,33 @@ def test_events_land_on_their_topic_with_their_key(
     assert TOPIC_OF[type(event)].role == "tasks"
 
 
+def test_held_records_all_go_out_in_order_whichever_thread_flushes(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    """``publish`` holds records until a ``flush``; threads publishing and flushing at once
+    (a worker's pool) lose none, and each goal's records keep the order they were published in."""
+    goals = [unique("goal-") for _ in range(4)]
+
+    def publish_and_flush(goal_id: str) -> None:
+        for n in range(60):
+            publisher.publish(ev.GoalCancelled(envelope=envelope(goal_id), reason=str(n)))
+            if n % 7 == 0:
+                publisher.flush()
+        publisher.flush()
+
+    threads = [threading.Thread(target=publish_and_flush, args=(g,)) for g in goals]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    reasons: dict[str, list[str]] = {g: [] for g in goals}
+    for record in read_all(mesh_settings, "goals"):
+        event = codec.decode(record.value())
+        assert isinstance(event, ev.GoalCancelled)
+        reasons[event.goal_id].append(event.reason)
+    assert reasons == {g: [str(n) for n in range(60)] for g in goals}
+
+
 def test_bad_records_go_to_dead_letters_and_the_consumer_goes_on(
     codec: Codec, stack_settings: MeshSettings
 ) -> None:
