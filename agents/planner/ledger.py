@@ -142,49 +142,43 @@ def task_from(values: Sequence[Any]) -> TaskRow:
     return TaskRow(*fields)
 
 
+_NEW_TASK_FIELDS = ("task_id", "step_id", "tool", "pool", "status", "idempotency_key")
+
+
 def insert_plan(
     conn: Connection, goal: GoalRow, planned: Planned, pools: dict[str, str], reason: str = ""
 ) -> list[TaskRow]:
     """Store a new plan version and its tasks; returns the tasks as stored."""
     version = goal.plan_version + 1
     steps = planned.draft.steps
-    conn.execute(
-        "insert into plans (goal_id, version, engine, rationale, steps, reason) "
-        "values (%s, %s, %s, %s, %s, %s)",
-        (
-            goal.goal_id,
-            version,
-            planned.engine,
-            planned.draft.rationale,
-            Jsonb([s.model_dump() for s in steps]),
-            reason,
-        ),
-    )
     tasks = [_new_task(goal.goal_id, version, s, pools[s.tool]) for s in steps]
-    with conn.cursor() as cur:
-        cur.executemany(
-            "insert into tasks (task_id, goal_id, plan_version, step_id, tool, arguments, "
-            "depends_on, pool, status, idempotency_key) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    t.task_id,
-                    goal.goal_id,
-                    version,
-                    t.step_id,
-                    t.tool,
-                    Jsonb(t.arguments),
-                    list(t.depends_on),
-                    t.pool,
-                    t.status,
-                    t.idempotency_key,
-                )
-                for t in tasks
-            ],
-        )
+    # One statement for the plan, its tasks and the goal's new version: each statement costs the
+    # planner 30-70 us of psycopg's Python however few rows it carries, and storing a plan as a
+    # statement per table and an insert per task took three times as long as making it.
     conn.execute(
-        "update goals set plan_version = %s, status = 'running' where goal_id = %s",
-        (version, goal.goal_id),
+        "with plan as (insert into plans (goal_id, version, engine, rationale, steps, reason) "
+        "values (%(goal)s, %(version)s, %(engine)s, %(rationale)s, %(steps)s, %(reason)s)), "
+        "new_tasks as (insert into tasks (task_id, goal_id, plan_version, step_id, tool, "
+        "arguments, depends_on, pool, status, idempotency_key) "
+        "select v.task_id, %(goal)s, %(version)s, v.step_id, v.tool, v.arguments, "
+        "array(select jsonb_array_elements_text(v.depends_on)), v.pool, v.status, v.key "
+        "from unnest(%(task_id)b::text[], %(step_id)b::text[], %(tool)b::text[], "
+        "%(arguments)b::jsonb[], %(depends_on)b::jsonb[], %(pool)b::text[], "
+        "%(status)b::text[], %(idempotency_key)b::text[]) "
+        "as v(task_id, step_id, tool, arguments, depends_on, pool, status, key)) "
+        "update goals set plan_version = %(version)s, status = 'running' "
+        "where goal_id = %(goal)s",
+        {
+            "goal": goal.goal_id,
+            "version": version,
+            "engine": planned.engine,
+            "rationale": planned.draft.rationale,
+            "steps": Jsonb([s.model_dump() for s in steps]),
+            "reason": reason,
+            **dict(zip(_NEW_TASK_FIELDS, columns(tasks, *_NEW_TASK_FIELDS), strict=True)),
+            "arguments": [Jsonb(t.arguments) for t in tasks],
+            "depends_on": [Jsonb(list(t.depends_on)) for t in tasks],
+        },
     )
     return tasks
 
