@@ -8,7 +8,6 @@ because their shape belongs to the tool, not to the contract.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
@@ -27,7 +26,7 @@ def _parse_json_object(value: Any) -> Any:
 
 
 def _dump_json_object(value: dict[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return jsontext.dumps(value, sort_keys=True)
 
 
 JsonObject = Annotated[

@@ -24,6 +24,7 @@ from schemas import registry
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+_RECENT = 1024  # encodings kept for events encoded again (about a batch's worth)
 
 
 def schema_fingerprint(schema: Any) -> bytes:
@@ -49,6 +50,7 @@ class Codec:
     ) -> None:
         self._by_model: dict[type[Event], tuple[bytes, Any]] = {}
         self._writers: dict[bytes, _Writer] = {}
+        self._recent: dict[int, tuple[Event, bytes]] = {}
         by_name: dict[str, type[Event]] = {}
         for model in models:
             self._add_model(model)
@@ -72,11 +74,21 @@ class Codec:
             self._writers[key] = _Writer(model, fastavro.parse_schema(schema), reader)
 
     def encode(self, event: Event) -> bytes:
+        # Events are immutable, and a worker encodes each outcome twice (the record it sends,
+        # the copy kept for replays): the last few encodings are kept, by identity. Holding the
+        # event keeps its id from being reused while it is here.
+        recent = self._recent.get(id(event))
+        if recent is not None and recent[0] is event:
+            return recent[1]
         header, schema = self._by_model[type(event)]
         out = io.BytesIO()
         out.write(header)
         fastavro.schemaless_writer(out, schema, event.model_dump())
-        return out.getvalue()
+        data = out.getvalue()
+        if len(self._recent) >= _RECENT:
+            self._recent.clear()
+        self._recent[id(event)] = (event, data)
+        return data
 
     def decode(self, data: bytes | None) -> Event:
         """The event in ``data``; ``PoisonRecord`` says why when there is none."""

@@ -31,6 +31,23 @@ def test_every_event_round_trips(codec: Codec, event: ev.Event) -> None:
     assert codec.decode(data) == event
 
 
+def test_an_event_encoded_again_gives_its_own_bytes_not_another_events() -> None:
+    """Encodings are remembered by identity for events encoded twice; a changed copy, or an
+    event made after the memory was cleared, is encoded anew."""
+    codec = Codec()
+    cancelled = ev.GoalCancelled(envelope=ev.Envelope(goal_id="g", producer_agent="t"))
+    first = codec.encode(cancelled)
+    assert codec.encode(cancelled) == first
+    changed = cancelled.model_copy(update={"reason": "changed"})
+    decoded = codec.decode(codec.encode(changed))
+    assert isinstance(decoded, ev.GoalCancelled) and decoded.reason == "changed"
+    for n in range(3000):  # past the memory's size, while ids of dropped events are reused
+        event = cancelled.model_copy(update={"reason": str(n)})
+        again = codec.decode(codec.encode(event))
+        assert isinstance(again, ev.GoalCancelled) and again.reason == str(n)
+    assert codec.encode(cancelled) == first
+
+
 def test_samples_cover_every_event_type() -> None:
     assert {type(e) for e in samples()} == set(ev.EVENT_TYPES)
 
