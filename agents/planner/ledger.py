@@ -3,7 +3,6 @@ late or repeated result can never overwrite a newer state."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,7 @@ from psycopg.types.json import Jsonb
 from agents import events as ev
 from agents.engines.base import Planned, PlanStep
 from agents.ledger.db import Connection, columns
-from agents.planner.decide import GoalRow, TaskRow
+from agents.planner.decide import FIELDS, GoalRow, TaskRow, row_of
 
 GOAL_COLUMNS = (
     "goal_id, text, input, status, max_steps, max_tokens, budget_usd, deadline_at, plan_version, "
@@ -27,7 +26,7 @@ Outcome = ev.TaskCompleted | ev.TaskFailed
 _USAGE = ("usage.input_tokens", "usage.output_tokens", "usage.cost_usd")
 
 # In the dataclass's own order, which ``task_from`` relies on.
-_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRow))
+_TASK_FIELDS = FIELDS[TaskRow]
 
 
 def task_columns(alias: str = "") -> str:
@@ -139,7 +138,7 @@ def task_from(values: Sequence[Any]) -> TaskRow:
     thousands of rows a second, and a tuple row costs less than a dict merged and unpacked."""
     fields = list(values)
     fields[_DEPENDS_ON] = tuple(fields[_DEPENDS_ON])
-    return TaskRow(*fields)
+    return row_of(TaskRow, fields)
 
 
 _NEW_TASK_FIELDS = ("task_id", "step_id", "tool", "pool", "status", "idempotency_key")

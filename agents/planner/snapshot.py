@@ -15,7 +15,6 @@ its transaction.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +24,7 @@ from psycopg.rows import dict_row
 from agents import events as ev
 from agents.ledger.db import Connection
 from agents.planner import ledger as L  # noqa: N812
-from agents.planner.decide import GoalRow, TaskRow
+from agents.planner.decide import GoalRow, TaskRow, evolve
 
 # A goal's text and input are left out: only planning reads them, planning is never one of the
 # common steps, and an input can be as large as a whole plan.
@@ -118,7 +117,7 @@ class Snapshot:
     def record_outcome(self, event: L.Outcome, task: TaskRow) -> None:
         """``event`` answers ``task``'s current attempt (the caller checked)."""
         self._recorded.append(event)
-        self._put(event.goal_id, dataclasses.replace(task, status="evaluating"))
+        self._put(event.goal_id, evolve(task, status="evaluating"))
         self._outcomes[task.task_id] = L.outcome_of(event)
 
     def record_verdict(self, event: ev.TaskEvaluated) -> None:
@@ -128,26 +127,24 @@ class Snapshot:
         """The task is done, with its current attempt's result."""
         self._succeeded.append(task.task_id)
         self._succeeded_at = at  # one time for the batch's successes: they are milliseconds apart
-        done = dataclasses.replace(
-            task, status="succeeded", result=self._outcomes.get(task.task_id) or {}
-        )
+        done = evolve(task, status="succeeded", result=self._outcomes.get(task.task_id) or {})
         self._put(goal_id, done)
         return done
 
     def dispatch(self, dispatch: L.Dispatch) -> None:
         self._dispatches.append(dispatch)
         task = dispatch.task
-        sent = dataclasses.replace(task, status="dispatched", attempt=dispatch.attempt)
+        sent = evolve(task, status="dispatched", attempt=dispatch.attempt)
         self._put(dispatch.goal_id, sent)
         self._outcomes[task.task_id] = None
         goal = self._goals[dispatch.goal_id]
         if task.kind == "action":
-            self._goals[goal.goal_id] = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
+            self._goals[goal.goal_id] = evolve(goal, steps_used=goal.steps_used + 1)
 
     def finish(self, finish: L.Finish) -> None:
         self._finished.append(finish)
         goal = self._goals[finish.goal_id]
-        self._goals[goal.goal_id] = dataclasses.replace(goal, status=finish.status)
+        self._goals[goal.goal_id] = evolve(goal, status=finish.status)
 
     def _put(self, goal_id: str, task: TaskRow) -> None:
         self._tasks[goal_id][task.task_id] = task
