@@ -13,9 +13,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupState,
     ConsumerGroupTopicPartitions,
-    KafkaException,
     Producer,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -25,8 +23,8 @@ from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import (
     client_config,
     consumer_config,
-    coordinator_busy,
     fetch,
+    groups_settled,
     producer_config,
     watermarks,
 )
@@ -375,31 +373,13 @@ def _group_lag(admin: AdminClient, probe: Consumer, group: str) -> int:
 
 
 def _wait_for_groups(settings: MeshSettings, members: dict[str, int]) -> None:
-    """Until every consumer group has all its members, each with partitions: a member joining
-    later makes the group rebalance, and its partitions stall meanwhile (up to a heartbeat
-    interval), which belongs to start-up, not to the tasks measured."""
+    """Until every consumer group has all its members, each with partitions: a rebalance during
+    the run belongs to start-up, not to the tasks measured."""
     admin = AdminClient(client_config(settings, client_id="bench"))
     deadline = Deadline("the mesh's consumer groups to settle", 60)
-    while True:
-        futures = admin.describe_consumer_groups(list(members))
-        try:
-            described = {name: future.result() for name, future in futures.items()}
-        except KafkaException as exc:  # a broker started a moment ago: its coordinator loads
-            if not coordinator_busy(exc):
-                raise
-            described = {}
-        if described and all(_settled(described[n], count) for n, count in members.items()):
-            return
+    while not groups_settled(admin, members, assigned=True):
         deadline.check()
         time.sleep(0.1)
-
-
-def _settled(group: Any, members: int) -> bool:
-    return bool(
-        group.state == ConsumerGroupState.STABLE
-        and len(group.members) == members
-        and all(m.assignment.topic_partitions for m in group.members)
-    )
 
 
 def _goal_input(shape: str) -> dict[str, Any]:

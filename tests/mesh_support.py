@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.fleet import Fleet
-from agents.runtime.kafka import client_config, coordinator_busy
+from agents.runtime.kafka import client_config, coordinator_busy, groups_settled
 from agents.runtime.settings import MeshSettings
 from tests.support import assert_eventually
 
@@ -36,22 +36,13 @@ def agent_env(settings: MeshSettings, tmp: Path, **extra: str) -> dict[str, str]
 def wait_groups(settings: MeshSettings, members: dict[str, int], timeout: float = 60.0) -> None:
     """Wait until each consumer group (by role suffix) is stable with that many members."""
     admin = AdminClient(client_config(settings, client_id="test-groups"))
-
-    def ready() -> bool:
-        names = [f"{settings.topic_prefix}{suffix}" for suffix in members]
-        futures = admin.describe_consumer_groups(names, request_timeout=5)
-        for suffix, want in members.items():
-            try:
-                group = futures[f"{settings.topic_prefix}{suffix}"].result()
-            except KafkaException as exc:
-                if coordinator_busy(exc):
-                    return False
-                raise
-            if group.state != ConsumerGroupState.STABLE or len(group.members) != want:
-                return False
-        return True
-
-    assert_eventually(ready, timeout=timeout, interval=0.2, what=f"consumer groups {members}")
+    named = {f"{settings.topic_prefix}{suffix}": want for suffix, want in members.items()}
+    assert_eventually(
+        lambda: groups_settled(admin, named, assigned=False),
+        timeout=timeout,
+        interval=0.2,
+        what=f"consumer groups {members}",
+    )
 
 
 @contextmanager

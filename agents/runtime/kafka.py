@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.errors import ConfigError
@@ -102,6 +103,26 @@ def coordinator_busy(exc: KafkaException) -> bool:
     every one of them comes flagged as retriable)."""
     error = exc.args[0]
     return bool(error.retriable()) or error.name() in _COORDINATOR_STARTING
+
+
+def groups_settled(admin: AdminClient, members: Mapping[str, int], *, assigned: bool) -> bool:
+    """Whether each consumer group is stable with exactly that many members (and, when
+    ``assigned``, every member holds partitions); False while a fresh broker's coordinator is
+    still loading. A member that joins later makes its group rebalance and its partitions stall
+    meanwhile, so fleets wait for this before they are measured or tested."""
+    futures = admin.describe_consumer_groups(list(members), request_timeout=5)
+    try:
+        groups = {name: future.result() for name, future in futures.items()}
+    except KafkaException as exc:
+        if coordinator_busy(exc):
+            return False
+        raise
+    return all(
+        group.state == ConsumerGroupState.STABLE
+        and len(group.members) == members[name]
+        and (not assigned or all(m.assignment.topic_partitions for m in group.members))
+        for name, group in groups.items()
+    )
 
 
 def watermarks(
