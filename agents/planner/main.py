@@ -12,6 +12,7 @@ from agents.ledger.outbox import LedgerSink, forget_seen, sweep
 from agents.planner.agent import Limits, Planner
 from agents.planner.timers import fire_due
 from agents.runtime.app import AgentApp
+from agents.runtime.consumer import Linger
 from agents.runtime.settings import MeshSettings
 from agents.runtime.shortlived import CancelFlags, Lease, Leases
 from agents.tools.catalogue import default_registry
@@ -114,5 +115,13 @@ def run(settings: MeshSettings) -> int:
         roles=ROLES,
         sink=sink,
         tick=Housekeeping(app, leases, planner, sink),
+        linger=_linger(settings),
     )
     return app.serve(runtime)
+
+
+def _linger(settings: MeshSettings) -> Linger | None:
+    """A batch of nothing but outcomes waits a moment for their verdicts (``Linger``)."""
+    if not settings.planner_linger_ms:
+        return None
+    return Linger(frozenset({ev.TaskCompleted, ev.TaskFailed}), settings.planner_linger_ms / 1000)

@@ -16,7 +16,7 @@ import redis
 from psycopg_pool import ConnectionPool
 
 from agents.ledger.db import open_pool
-from agents.runtime.consumer import Backoff, ConsumerRuntime, Sink
+from agents.runtime.consumer import Backoff, ConsumerRuntime, Linger, Sink
 from agents.runtime.kafka import check_kafka
 from agents.runtime.publisher import Publisher
 from agents.runtime.services import check_redis
@@ -83,6 +83,7 @@ class AgentApp:
         sink: Sink,
         group: str | None = None,
         tick: Callable[[], None] | None = None,
+        linger: Linger | None = None,
     ) -> ConsumerRuntime:
         return ConsumerRuntime(
             settings=self.settings,
@@ -94,6 +95,7 @@ class AgentApp:
             client_id=self.client_id,
             backoff=Backoff(),
             tick=tick,
+            linger=linger,
         )
 
     def serve(self, runtime: ConsumerRuntime) -> int:

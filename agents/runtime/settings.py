@@ -54,6 +54,9 @@ class MeshSettings(BaseSettings):
     max_event_bytes: int = Field(512 * 1024, ge=1024)
     connect_timeout_s: float = Field(5.0, gt=0)
     consume_batch: int = Field(500, ge=1)
+    planner_linger_ms: float = Field(
+        5.0, ge=0, description="how long the planner waits for an outcome's verdict (0: never)"
+    )
     sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
     lease_ttl_s: float = Field(10.0, gt=0)
     worker_concurrency: int = Field(8, ge=1)

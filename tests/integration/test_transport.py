@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import pytest
 from opentelemetry import trace
@@ -17,7 +17,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agents import events as ev
-from agents.runtime.consumer import Backoff, ConsumerRuntime, Delivery, Handler, HandlerSink, Item
+from agents.runtime.consumer import (
+    Backoff,
+    ConsumerRuntime,
+    Delivery,
+    Handler,
+    HandlerSink,
+    Item,
+    Linger,
+    RuntimeHandle,
+)
 from agents.runtime.errors import PermanentError, TransientError
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -50,6 +59,8 @@ def runtime(
     roles: Iterable[str] = ROLES,
     *,
     group: str | None = None,
+    sink: HandlerSink | BatchRecorder | None = None,
+    linger: Linger | None = None,
 ) -> ConsumerRuntime:
     return ConsumerRuntime(
         settings=settings,
@@ -57,10 +68,27 @@ def runtime(
         publisher=publisher,
         group_id=group or unique("g-"),
         roles=tuple(roles),
-        sink=HandlerSink(handlers),
+        sink=sink or HandlerSink(handlers),
         client_id="test-consumer",
         backoff=Backoff(initial_s=0.01, max_s=0.05),
+        linger=linger,
     )
+
+
+class BatchRecorder:
+    """A sink that keeps the events of each batch it is handed, batch by batch."""
+
+    accepts = frozenset(ev.EVENT_TYPES)
+
+    def __init__(self) -> None:
+        self.batches: list[list[ev.Event]] = []
+
+    def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]:
+        self.batches.append([item.event for item in items])
+        return [item.delivery for item in items]
+
+    def close(self) -> None:
+        pass
 
 
 def recorder(into: list[ev.Event]) -> Handler:
@@ -352,3 +380,40 @@ def test_records_that_never_wait_are_handled_on_the_calling_thread(
     here = threading.current_thread().name
     assert {threads[f"quick-{n}"] for n in range(3)} == {here}
     assert here not in {threads[f"slow-{n}"] for n in range(3)}
+
+
+def test_a_batch_of_outcomes_waits_for_what_follows_them_and_no_longer(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    """With a ``Linger`` on outcomes, a verdict published after its outcome was fetched comes in
+    the outcome's batch, and the wait ends when the verdict arrives, not at the linger's end;
+    a batch holding anything else is handed over at once."""
+    events = samples(unique("goal-"))
+    outcome, verdict, ended = events[3], events[5], events[6]
+    recorder = BatchRecorder()
+    linger = Linger(frozenset({ev.TaskCompleted}), seconds=60.0)
+    consumer = runtime(
+        mesh_settings, codec, publisher, {}, ["results"], sink=recorder, linger=linger
+    )
+    later = Publisher(settings=mesh_settings, codec=codec, client_id="test-later")
+
+    def send_verdict() -> None:
+        later.publish(verdict)
+        later.flush()
+
+    timer = threading.Timer(1.0, send_verdict)
+    try:
+        publisher.publish(ended)  # not an outcome: handled without waiting (a minute)
+        publisher.flush()
+        pump(consumer, lambda: bool(recorder.batches), timeout=30)
+        publisher.publish(outcome)
+        publisher.flush()
+        timer.start()  # the verdict comes a second later, while the outcome's batch waits
+        started = time.monotonic()
+        pump(consumer, lambda: len(recorder.batches) >= 2, timeout=30)
+    finally:
+        timer.cancel()
+        later.close()
+        consumer.close()
+    assert recorder.batches == [[ended], [outcome, verdict]]
+    assert time.monotonic() - started < 30  # ended by the verdict, not by the linger
