@@ -26,6 +26,7 @@ from agents.runtime.consumer import (
     Item,
     Linger,
     RuntimeHandle,
+    Sink,
 )
 from agents.runtime.errors import PermanentError, TransientError
 from agents.runtime.publisher import Publisher
@@ -59,7 +60,7 @@ def runtime(
     roles: Iterable[str] = ROLES,
     *,
     group: str | None = None,
-    sink: HandlerSink | BatchRecorder | None = None,
+    sink: Sink | None = None,
     linger: Linger | None = None,
 ) -> ConsumerRuntime:
     return ConsumerRuntime(
