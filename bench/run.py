@@ -19,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
+
+from agents.runtime.kafka import client_config
 from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES
 from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
 from bench.report import ratios, render_png, stage_table, table
+from topics.catalogue import CATALOGUE
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ FULL = Plan(
 # within a few hundred goals, and working through a longer queue only lengthens the run.
 RATE_GOALS_MAX = 500
 RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
+FOREIGN_PARTITIONS_WARN = 100  # a few test runs' worth
 
 Lane = Callable[..., LaneRun]
 
@@ -103,9 +108,7 @@ def _peers(settings: MeshSettings) -> dict[str, Lane]:
     return peers
 
 
-def run(plan: Plan, out: Path) -> list[LaneRun]:
-    settings = MeshSettings()
-    check_all(settings)
+def run(plan: Plan, out: Path, settings: MeshSettings) -> list[LaneRun]:
     lanes = {k: v for k, v in _lanes(settings, out / "logs").items() if k not in plan.skip}
     # A broker started a moment ago spends its first minute compiling (a cold JIT): one
     # unmeasured raw run first, so the first lanes measured are not charged for it.
@@ -201,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = run(QUICK if args.quick else FULL, args.out)
+    settings = MeshSettings()
+    check_all(settings)
+    foreign = foreign_partitions(settings)
+    runs = run(QUICK if args.quick else FULL, args.out, settings)
     summary = ratios(runs)
     print(table(runs))
     print(stage_table(runs))
@@ -212,12 +218,34 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": _cpus(),
         "quick": args.quick,
         "when": time.strftime("%Y-%m-%d %H:%M"),
+        "foreign_partitions": foreign,
     }
     document = {"machine": machine, "ratios": summary, "runs": [r.as_json() for r in runs]}
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
     render_png(runs, args.out / "results.png")
     print(f"bench: wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
     return 0
+
+
+def foreign_partitions(settings: MeshSettings) -> int:
+    """How many partitions the broker carries besides the catalogue's topics and its own, with
+    a warning when there are many: the broker's cost per request grows with every partition it
+    holds, and 3,400 partitions left by earlier test runs made it spend up to twice the CPU per
+    task, so such a run is not comparable with a clean one."""
+    admin = AdminClient(client_config(settings, client_id="bench-check"))
+    ours = {spec.name(settings.topic_prefix) for spec in CATALOGUE}
+    topics = admin.list_topics(timeout=settings.connect_timeout_s).topics
+    foreign = {n: len(t.partitions) for n, t in topics.items() if n not in ours and n[0] != "_"}
+    count = sum(foreign.values())
+    if count > FOREIGN_PARTITIONS_WARN:
+        print(
+            f"bench: the broker carries {count} partitions in {len(foreign)} topics besides the "
+            f"mesh's (e.g. {min(foreign)}), which makes every request cost it more: delete "
+            "them, or start from a fresh stack (`make down`, remove .mesh/kafka), for figures "
+            "comparable with a clean run",
+            file=sys.stderr,
+        )
+    return count
 
 
 def _cpus() -> int:

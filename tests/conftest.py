@@ -11,9 +11,7 @@ import pytest
 from agents.runtime.errors import ConfigError
 from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
-from tests.mesh_support import wait_for_group_coordinator
-from tests.support import unique
-from topics.admin import drop, ensure
+from tests.mesh_support import own_topics, wait_for_group_coordinator
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +56,5 @@ def stack_settings() -> Iterator[MeshSettings]:
 @pytest.fixture
 def mesh_settings(stack_settings: MeshSettings) -> Iterator[MeshSettings]:
     """Settings with a topic prefix of this test's own, its topics created (and dropped after)."""
-    settings = stack_settings.model_copy(update={"topic_prefix": unique("t.") + "."})
-    ensure(settings)
-    yield settings
-    drop(settings)
+    with own_topics(stack_settings) as settings:
+        yield settings

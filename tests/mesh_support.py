@@ -15,7 +15,20 @@ from confluent_kafka.admin import AdminClient
 from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import client_config, coordinator_busy, groups_settled
 from agents.runtime.settings import MeshSettings
-from tests.support import assert_eventually
+from tests.support import assert_eventually, unique
+from topics.admin import drop, ensure
+
+
+@contextmanager
+def own_topics(settings: MeshSettings, **updates: Any) -> Iterator[MeshSettings]:
+    """Settings with a topic prefix of their own (and ``updates``), the topics created, and
+    dropped afterwards: every partition left behind costs the broker work on each request."""
+    mine = settings.model_copy(update={"topic_prefix": unique("t.") + ".", **updates})
+    ensure(mine)
+    try:
+        yield mine
+    finally:
+        drop(mine)
 
 
 def agent_env(settings: MeshSettings, tmp: Path, **extra: str) -> dict[str, str]:

@@ -21,9 +21,8 @@ from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
 from agents.tools.catalogue import default_registry
 from schemas.codec import Codec
-from tests.mesh_support import ledger_rows, running_mesh, steps_input
-from tests.support import assert_eventually, unique
-from topics.admin import ensure
+from tests.mesh_support import ledger_rows, own_topics, running_mesh, steps_input
+from tests.support import assert_eventually
 
 pytestmark = pytest.mark.integration
 REGISTRY = default_registry()
@@ -40,10 +39,12 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(stack_settings: MeshSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """One running mesh for the module (each test uses goals of its own)."""
-    settings = stack_settings.model_copy(update={"topic_prefix": unique("t.") + "."})
-    ensure(settings)
     tmp = tmp_path_factory.mktemp("policies")
-    with running_mesh(settings, tmp) as fleet, MeshClient(settings) as client:
+    with (
+        own_topics(stack_settings) as settings,
+        running_mesh(settings, tmp) as fleet,
+        MeshClient(settings) as client,
+    ):
         yield Mesh(settings, client, fleet, tmp / "sandbox")
 
 

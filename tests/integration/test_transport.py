@@ -33,6 +33,7 @@ from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
 from schemas.codec import Codec
 from tests.kafka_support import produce_raw, read_all
+from tests.mesh_support import own_topics
 from tests.support import assert_eventually, envelope, samples, unique
 from topics.catalogue import TOPIC_OF
 
@@ -165,12 +166,11 @@ def test_held_records_all_go_out_in_order_whichever_thread_flushes(
 def test_bad_records_go_to_dead_letters_and_the_consumer_goes_on(
     codec: Codec, stack_settings: MeshSettings
 ) -> None:
-    settings = stack_settings.model_copy(
-        update={"topic_prefix": unique("t.") + ".", "max_event_bytes": 4096}
-    )
-    from topics.admin import ensure
+    with own_topics(stack_settings, max_event_bytes=4096) as settings:
+        bad_records_go_to_dead_letters(codec, settings)
 
-    ensure(settings)
+
+def bad_records_go_to_dead_letters(codec: Codec, settings: MeshSettings) -> None:
     publisher = Publisher(settings=settings, codec=codec, client_id="test-publisher")
     valid = ev.GoalCancelled(envelope=envelope("goal-ok"), reason="after the bad ones")
     rejected = ev.GoalCancelled(envelope=envelope("goal-rejected"), reason="refuse me")
