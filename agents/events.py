@@ -38,6 +38,23 @@ JsonObject = Annotated[
 """A JSON object in Python, a JSON string on the wire."""
 
 
+def _parse_optional_json_object(value: Any) -> Any:
+    return None if value is None else _parse_json_object(value)
+
+
+def _dump_optional_json_object(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else _dump_json_object(value)
+
+
+OptionalJsonObject = Annotated[
+    dict[str, Any] | None,
+    BeforeValidator(_parse_optional_json_object),
+    PlainSerializer(_dump_optional_json_object, return_type=str | None),
+    Field(json_schema_extra={"avro_json": True}),
+]
+"""A JSON object or nothing: a JSON string or null on the wire."""
+
+
 def now() -> datetime:
     """The current time, timezone-aware, at the microsecond precision Avro keeps."""
     return datetime.now(UTC)
@@ -135,6 +152,12 @@ class TaskAssigned(Event):
     feedback: str | None = Field(None, description="evaluator feedback carried into a retry")
 
 
+_ARGUMENTS = (
+    "the arguments the attempt ran with, as assigned; null from workers older than this field "
+    "and from the lease watchdog (the evaluator then reads the ledger's)"
+)
+
+
 class TaskCompleted(Event):
     """A worker finished a task attempt; the result is the tool's typed output."""
 
@@ -147,6 +170,7 @@ class TaskCompleted(Event):
     started_at: datetime
     finished_at: datetime
     usage: Usage = Field(default_factory=Usage)
+    arguments: OptionalJsonObject = Field(None, description=_ARGUMENTS)
 
 
 class TaskFailed(Event):
@@ -164,6 +188,7 @@ class TaskFailed(Event):
     finished_at: datetime
     details: JsonObject = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
+    arguments: OptionalJsonObject = Field(None, description=_ARGUMENTS)
 
 
 class TaskEvaluated(Event):

@@ -49,6 +49,7 @@ def next_event(codec: Codec) -> Transform:
                 worker_id="relay",
                 started_at=now,
                 finished_at=now,
+                arguments=event.arguments,
             )
         elif isinstance(event, ev.TaskCompleted):
             reply = ev.TaskEvaluated(

@@ -67,7 +67,8 @@ def _default(value: Any) -> Any:
 
 def _type(annotation: Any, info: FieldInfo | None, seen: set[str]) -> AvroType:
     if _is_json(info):
-        return {"type": "string", "logicalType": "json"}
+        json: AvroType = {"type": "string", "logicalType": "json"}
+        return ["null", json] if type(None) in get_args(annotation) else json
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         return _union(annotation, seen)

@@ -79,6 +79,7 @@ def samples(goal_id: str = "goal-1") -> list[ev.Event]:
             started_at=t0,
             finished_at=t1,
             usage=usage,
+            arguments={"plan": "pro"},
             **task,
         ),
         ev.TaskFailed(

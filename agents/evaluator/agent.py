@@ -6,7 +6,9 @@ with ``mesh run evaluator``; any number may run.
 For each outcome it checks the result against the tool's result model and the tool's own checks,
 asks the reasoning engine for a judgement with a confidence, and applies the runtime's policy: a
 failure is retried only if its category is one the tool's retry policy names and attempts remain.
-It reads the ledger (arguments and goal) and writes nothing there: the planner records verdicts.
+It reads goals from the ledger (once each: they are fixed once submitted), and an attempt's
+arguments when the outcome does not carry them; it writes nothing there: the planner records
+verdicts.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
+from psycopg import Cursor
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from agents import events as ev
 from agents.engines.base import Engine, EngineError, Judgement, JudgeRequest
+from agents.ledger.db import Connection
 from agents.runtime.consumer import Delivery
 from agents.runtime.errors import TransientError
 from agents.tools.base import Registry, Tool, UnknownToolError
@@ -31,20 +35,35 @@ AGENT = "evaluator"
 
 
 @dataclass(frozen=True)
-class _Context:
-    """What the ledger says about the attempt being judged."""
+class _Goal:
+    """What the ledger says about a goal; fixed once it is submitted."""
 
-    arguments: dict[str, Any]
-    goal_text: str
-    goal_input: dict[str, Any]
+    text: str
+    input: dict[str, Any]
     threshold: float
 
 
-_CONTEXT_QUERY = "select a.arguments, g.text, g.input, g.confidence_threshold, a.task_id, a.attempt"
+@dataclass(frozen=True)
+class _Context:
+    """What the attempt being judged ran with, and its goal."""
+
+    arguments: dict[str, Any]
+    goal: _Goal
 
 
-def _context_of(row: tuple[Any, ...]) -> _Context:
-    return _Context(dict(row[0]), str(row[1]), dict(row[2]), float(row[3]))
+_GOALS_KEPT = 1024  # goals remembered for their later outcomes (a chain's next steps)
+_GOAL_COLUMNS = "g.goal_id, g.text, g.input, g.confidence_threshold"
+_ATTEMPTS_QUERY = (
+    f"select {_GOAL_COLUMNS}, a.task_id, a.attempt, a.arguments "  # noqa: S608
+    "from unnest(%b::text[], %b::int[]) as k(task_id, attempt) "
+    "join attempts a using (task_id, attempt) "
+    "join tasks t using (task_id) join goals g on g.goal_id = t.goal_id"
+)
+_GOALS_QUERY = f"select {_GOAL_COLUMNS} from goals g where g.goal_id = any(%b)"  # noqa: S608
+
+
+def _goal_of(row: Sequence[Any]) -> _Goal:
+    return _Goal(str(row[1]), dict(row[2]), float(row[3]))
 
 
 def _confident_enough(judgement: Judgement, threshold: float) -> Judgement:
@@ -67,25 +86,38 @@ class Evaluator:
         self._engine = engine
         self._registry = registry
         self._db = db
-        self._prefetched: dict[tuple[str, int], _Context] = {}
+        self._goals: dict[str, _Goal] = {}
+        self._arguments: dict[tuple[str, int], dict[str, Any]] = {}
 
     def before_batch(self, events: Sequence[ev.Event]) -> None:
-        """Read the ledger context of every outcome in the batch in one query."""
+        """Read from the ledger, in one round trip, what the batch's outcomes do not carry: the
+        goals not seen yet and the arguments of outcomes from older workers (usually nothing:
+        outcomes carry their arguments, and a goal is read once for all its outcomes)."""
         outcomes = [e for e in events if isinstance(e, ev.TaskCompleted | ev.TaskFailed)]
-        keys = [(e.task_id, e.attempt) for e in outcomes]
-        if not keys:
+        keys = [(e.task_id, e.attempt) for e in outcomes if e.arguments is None]
+        goals = sorted({e.goal_id for e in outcomes if e.arguments is not None} - set(self._goals))
+        if not keys and not goals:
             return
-        with self._db.connection() as conn:
-            rows = conn.execute(
-                f"{_CONTEXT_QUERY} from unnest(%b::text[], %b::int[]) as k(task_id, attempt) "
-                "join attempts a using (task_id, attempt) "
-                "join tasks t using (task_id) join goals g on g.goal_id = t.goal_id",
-                ([k[0] for k in keys], [k[1] for k in keys]),
-            ).fetchall()
-        self._prefetched = {(str(r[4]), int(r[5])): _context_of(r) for r in rows}
+        with self._db.connection() as conn, conn.pipeline():
+            attempts = self._read_attempts(conn, keys) if keys else None
+            found = conn.execute(_GOALS_QUERY, (goals,)) if goals else None
+            for row in attempts.fetchall() if attempts is not None else ():
+                self._arguments[(str(row[4]), int(row[5]))] = dict(row[6])
+                self._remember(str(row[0]), _goal_of(row))
+            for row in found.fetchall() if found is not None else ():
+                self._remember(str(row[0]), _goal_of(row))
+
+    @staticmethod
+    def _read_attempts(conn: Connection, keys: Sequence[tuple[str, int]]) -> Cursor[Any]:
+        return conn.execute(_ATTEMPTS_QUERY, ([k[0] for k in keys], [k[1] for k in keys]))
 
     def after_batch(self) -> None:
-        self._prefetched = {}
+        self._arguments = {}
+
+    def _remember(self, goal_id: str, goal: _Goal) -> None:
+        if len(self._goals) >= _GOALS_KEPT:
+            self._goals.clear()
+        self._goals[goal_id] = goal
 
     def on_outcome(
         self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery
@@ -107,7 +139,7 @@ class Evaluator:
             return [self._verdict(event, judgement, exc.usage)]
         judgement = _confident_enough(
             self._policy(event, tool, judged.judgement),
-            max(context.threshold, tool.confidence_threshold),
+            max(context.goal.threshold, tool.confidence_threshold),
         )
         verdict = self._verdict(event, judgement, judged.usage)
         # On the judged record's span: a span of its own per verdict cost as much again.
@@ -121,18 +153,17 @@ class Evaluator:
         return [verdict]
 
     def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> _Context:
-        known = self._prefetched.get((event.task_id, event.attempt))
-        if known is not None:
-            return known
-        with self._db.connection() as conn:
-            row = conn.execute(
-                f"{_CONTEXT_QUERY} from attempts a join tasks t using (task_id) "
-                "join goals g on g.goal_id = t.goal_id where a.task_id = %s and a.attempt = %s",
-                (event.task_id, event.attempt),
-            ).fetchone()
+        key = (event.task_id, event.attempt)
+        arguments = event.arguments if event.arguments is not None else self._arguments.get(key)
+        goal = self._goals.get(event.goal_id)
+        if arguments is not None and goal is not None:
+            return _Context(arguments, goal)
+        with self._db.connection() as conn:  # not read with the batch (a handler's retry)
+            row = self._read_attempts(conn, [key]).fetchone()
         if row is None:  # the planner commits before it dispatches, so this is a lagging replica
             raise TransientError(f"no ledger record of {event.task_id} attempt {event.attempt}")
-        return _context_of(row)
+        self._remember(event.goal_id, _goal_of(row))
+        return _Context(arguments if arguments is not None else dict(row[6]), _goal_of(row))
 
     def _request(
         self,
@@ -153,14 +184,14 @@ class Evaluator:
             }
         return JudgeRequest(
             goal_id=event.goal_id,
-            goal_text=context.goal_text,
+            goal_text=context.goal.text,
             step_id=event.step_id,
             tool=tool.spec(),
             arguments=context.arguments,
             outcome=outcome,  # type: ignore[arg-type]
             result=result,
             problems=problems,
-            goal_input=context.goal_input,
+            goal_input=context.goal.input,
         )
 
     def _policy(

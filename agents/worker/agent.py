@@ -269,6 +269,7 @@ class Worker:
             worker_id=self._worker_id,
             started_at=started,
             finished_at=datetime.now(UTC),
+            arguments=event.arguments,
         )
 
     def _failed(self, event: ev.TaskAssigned, started: datetime, exc: ToolError) -> ev.TaskFailed:
@@ -288,6 +289,7 @@ class Worker:
             started_at=started,
             finished_at=datetime.now(UTC),
             details=_jsonable(exc.details),
+            arguments=event.arguments,
         )
 
     def _envelope(self, event: ev.TaskAssigned) -> ev.Envelope:

@@ -16,6 +16,7 @@ from tests.support import samples
 
 pytestmark = pytest.mark.unit
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "schemas"
+HISTORY = Path(__file__).resolve().parents[2] / "schemas" / "history"
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,15 @@ def test_older_writer_is_resolved_against_the_current_reader() -> None:
     assert event.budget_usd is None  # filled from the current schema's defaults
     assert event.confidence_threshold == 0.0
     assert event.submitted_by == "anonymous"
+
+
+def test_an_outcome_from_a_worker_before_carried_arguments_reads_with_none() -> None:
+    """A TaskCompleted written by its first schema, which had no ``arguments``: the evaluator
+    reads those from the ledger instead."""
+    schema = json.loads((HISTORY / "TaskCompleted.v1.avsc").read_text())
+    sample = next(e for e in samples() if isinstance(e, ev.TaskCompleted))
+    record = sample.model_dump(exclude={"arguments"})
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(schema), record)
+    event = Codec().decode(MAGIC + schema_fingerprint(schema) + body.getvalue())
+    assert event == sample.model_copy(update={"arguments": None})

@@ -1,0 +1,112 @@
+"""The evaluator on the real ledger: an outcome is judged by the arguments it carries, a goal is
+read once for all its outcomes, and an outcome without arguments waits for the ledger's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from agents import events as ev
+from agents.engines.offline import OfflineEngine
+from agents.evaluator.agent import Evaluator
+from agents.ledger.db import open_pool
+from agents.planner import ledger as L  # noqa: N812
+from agents.runtime.consumer import Delivery
+from agents.runtime.errors import TransientError
+from agents.runtime.settings import MeshSettings
+from agents.tools.catalogue import default_registry
+from tests.support import envelope, unique
+
+pytestmark = pytest.mark.integration
+MESH = "test-evaluator."
+DELIVERY = Delivery("results", 0, 0, None, (), 0, None)
+
+
+@pytest.fixture
+def ledger(stack_settings: MeshSettings) -> Iterator[ConnectionPool]:
+    pool = open_pool(stack_settings, autocommit=True)
+    yield pool
+    with pool.connection() as conn:
+        conn.execute("delete from goals where mesh = %s", (MESH,))
+    pool.close()
+
+
+def evaluator(ledger: ConnectionPool) -> Evaluator:
+    return Evaluator(engine=OfflineEngine(), registry=default_registry(), db=ledger)
+
+
+def submit(ledger: ConnectionPool, **goal: Any) -> str:
+    """A goal in the ledger, with no plan, tasks or attempts."""
+    goal_id = unique("goal-")
+    submitted = ev.GoalSubmitted(envelope=envelope(goal_id), text="welcome Acme", **goal)
+    with ledger.connection() as conn:
+        L.insert_goal(conn, submitted, None, MESH)
+    return goal_id
+
+
+def email_sent(goal_id: str, *, to: str, arguments: dict[str, Any] | None) -> ev.TaskCompleted:
+    now = datetime.now(UTC)
+    return ev.TaskCompleted(
+        envelope=envelope(goal_id),
+        task_id=unique("task-"),
+        step_id="email",
+        tool="send_onboarding_email",
+        attempt=1,
+        result={"message_id": "m-1", "to": to},
+        worker_id="w-1",
+        started_at=now,
+        finished_at=now,
+        arguments=arguments,
+    )
+
+
+def welcome(to: str) -> dict[str, Any]:
+    return {"to": to, "company": "Acme", "org_id": "org_acme"}
+
+
+def judge(evaluator: Evaluator, *outcomes: ev.TaskCompleted) -> list[str]:
+    """The decisions on ``outcomes``, judged as one batch."""
+    evaluator.before_batch(outcomes)
+    try:
+        verdicts = [v for o in outcomes for v in evaluator.on_outcome(o, DELIVERY)]
+    finally:
+        evaluator.after_batch()
+    return [v.decision for v in verdicts if isinstance(v, ev.TaskEvaluated)]
+
+
+def test_an_outcome_is_judged_by_the_arguments_it_carries(ledger: ConnectionPool) -> None:
+    goal_id = submit(ledger)  # the ledger holds no attempt of these outcomes
+    right = email_sent(goal_id, to="ada@acme.test", arguments=welcome("ada@acme.test"))
+    wrong = email_sent(goal_id, to="bob@acme.test", arguments=welcome("ada@acme.test"))
+    assert judge(evaluator(ledger), right, wrong) == ["accept", "retry"]
+
+
+def test_a_goal_is_read_once_and_kept_for_its_later_outcomes(ledger: ConnectionPool) -> None:
+    simulate = {"send_onboarding_email": {"confidence": 0.5}}
+    goal_id = submit(ledger, input={"simulate": simulate}, confidence_threshold=0.9)
+    judging = evaluator(ledger)
+    first = email_sent(goal_id, to="ada@acme.test", arguments=welcome("ada@acme.test"))
+    assert judge(judging, first) == ["escalate"]  # the goal's input and threshold, as stored
+    with ledger.connection() as conn:
+        conn.execute("delete from goals where goal_id = %s", (goal_id,))
+    later = email_sent(goal_id, to="ada@acme.test", arguments=welcome("ada@acme.test"))
+    assert judge(judging, later) == ["escalate"]
+    with pytest.raises(TransientError):  # an evaluator that never saw the goal must read it
+        judge(evaluator(ledger), later)
+
+
+def test_an_outcome_without_arguments_waits_for_the_ledgers(ledger: ConnectionPool) -> None:
+    """An older worker's outcome (or the lease watchdog's) carries no arguments: they come from
+    the ledger's attempt, and while the ledger has none the judgement is retried, not made
+    against empty arguments."""
+    goal_id = submit(ledger)
+    judging = evaluator(ledger)
+    assert judge(judging, email_sent(goal_id, to="ada@acme.test", arguments=welcome("x"))) == [
+        "retry"
+    ]
+    with pytest.raises(TransientError, match="no ledger record"):
+        judge(judging, email_sent(goal_id, to="ada@acme.test", arguments=None))
