@@ -11,10 +11,12 @@ impossible once its state change committed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from agents import jsontext
@@ -119,11 +121,12 @@ class LedgerSink:
         """The whole batch in one transaction, in pipeline mode and without savepoints (psycopg
         syncs the pipeline twice around each one): statements whose results nobody reads go out
         without waiting, so the common batch takes two round trips, the hooks' reads (which
-        bring the inbox's answer too) and the commit (which brings the outbox ids). Anything
-        failing rolls the whole batch back."""
-        with self._pool.connection() as conn:
+        bring the begin's and the inbox's answers too) and the commit (which brings the outbox
+        ids). Anything failing rolls the whole batch back."""
+        with self._pool.connection() as conn, _explicit_transactions(conn):
             try:
                 with conn.pipeline():
+                    conn.execute("begin")
                     forget(conn, delivered)
                     inbox = self._claim(conn, items)
                     if self._hooks is not None:
@@ -132,7 +135,7 @@ class LedgerSink:
                     records = [r for item in fresh for r in self._run(item, conn, publisher)]
                     self._end(completed=True)
                     staged = stage(conn, records)
-                    conn.commit()
+                    conn.execute("commit")
             except BaseException:
                 self._end(completed=False)
                 _roll_back(conn)
@@ -212,6 +215,21 @@ class LedgerSink:
             return [
                 publisher.prepare(e) for e in self._on_refused(item.event, category, reason, conn)
             ]
+
+
+@contextmanager
+def _explicit_transactions(conn: Connection) -> Iterator[None]:
+    """The connection in autocommit mode, so a batch's own ``begin`` goes down the pipeline with
+    its first statements: psycopg starts an implicit transaction with a BEGIN of its own and
+    then syncs the pipeline to learn its outcome, a round trip before the batch's first read."""
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            conn.autocommit = False
+        else:  # broken mid-batch: the pool discards it
+            conn.close()
 
 
 def _roll_back(conn: Connection) -> None:
