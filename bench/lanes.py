@@ -34,7 +34,7 @@ from bench.driver import SHAPES, Deadline, Window, offered
 from bench.model import LaneRun, ProcessUsage
 from bench.procs import InfraUsage, self_usage, since, usage
 from schemas.codec import Codec
-from topics.admin import drop, ensure
+from topics.admin import delete_topics, drop, ensure
 
 TIMEOUT_S = 300.0
 
@@ -105,7 +105,7 @@ def run_raw(
         )
     finally:
         _stop(relays)
-        admin.delete_topics(names)
+        delete_topics(admin, names, timeout=settings.connect_timeout_s)
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -4,6 +4,7 @@ prefix's topics when a short-lived mesh (a test's, a benchmark run's) is done wi
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +48,16 @@ def drop(settings: MeshSettings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> No
     """Delete the topics of ``settings.topic_prefix``. Every partition a broker carries costs it
     work on every request, so meshes that come and go should not leave theirs behind."""
     admin = AdminClient(client_config(settings, client_id="mesh-topics"))
-    futures = admin.delete_topics([s.name(settings.topic_prefix) for s in specs])
-    for future in futures.values():
+    names = [s.name(settings.topic_prefix) for s in specs]
+    delete_topics(admin, names, timeout=settings.connect_timeout_s)
+
+
+def delete_topics(admin: AdminClient, names: Sequence[str], *, timeout: float) -> None:
+    """Delete topics and wait until the broker has (a process that exits right after asking
+    may never have sent the request); topics already gone are fine."""
+    for future in admin.delete_topics(list(names)).values():
         try:
-            future.result(timeout=settings.connect_timeout_s)
+            future.result(timeout=timeout)
         except KafkaException as exc:
             if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
                 raise
