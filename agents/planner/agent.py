@@ -665,7 +665,7 @@ class Planner:
             arguments = resolve_arguments(task.arguments, results)
             attempt = self._send(conn, goal.goal_id, task, arguments, feedback)
             if task.kind == "action":
-                goal = dataclasses.replace(goal, steps_used=goal.steps_used + 1)
+                goal = decide.evolve(goal, steps_used=goal.steps_used + 1)
             out.append(self._assignment(goal, task, attempt, arguments, cause_id, feedback))
         return out
 
@@ -848,7 +848,7 @@ class Planner:
 def _planned(goal: GoalRow, planned: Planned) -> GoalRow:
     """A new goal's row once its first plan is stored and the planning charged."""
     usage = planned.usage
-    return dataclasses.replace(
+    return decide.evolve(
         goal,
         status="running",
         plan_version=goal.plan_version + 1,
