@@ -44,7 +44,7 @@ class LaneRun:
     end_lag: int = 0  # records the lane's consumer groups left uncommitted (Kafka lanes; else 0)
     durability: str = ""  # what survives a crash, in a few words
     notes: str = ""
-    series: str = "main"  # main | workers (scaling) | goals (goal count) | offered (fixed rate)
+    series: str = "main"  # main | workers (scaling) | goals (goal count) | offered | half (rates)
 
     @property
     def tasks_per_s(self) -> float:

@@ -42,6 +42,7 @@ class Plan:
     rates: tuple[float, ...] = ()
     rate_lanes: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()  # lanes this plan leaves out
+    half_load_lanes: tuple[str, ...] = ()  # offered half their own chain saturation rate
 
 
 QUICK = Plan(
@@ -61,11 +62,13 @@ FULL = Plan(
     many_goals=10_000,
     rates=(0.1, 0.5, 0.9),
     rate_lanes=("R0", "R1", "R2", "M", "M-1%", "celery", "dbos"),
+    half_load_lanes=("M", "M-1%", "celery", "dbos"),
 )
 # At most this many goals per offered-rate run: a lane that cannot keep up shows it as a queue
 # within a few hundred goals, and working through a longer queue only lengthens the run.
 RATE_GOALS_MAX = 500
 RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
+HALF = 0.5
 FOREIGN_PARTITIONS_WARN = 100  # a few test runs' worth
 
 Lane = Callable[..., LaneRun]
@@ -122,6 +125,7 @@ def run(plan: Plan, out: Path, settings: MeshSettings) -> list[LaneRun]:
             goals = plan.saturation_goals[shape]
             runs.append(_one(name, lane, shape=shape, goals=goals, in_flight=plan.in_flight))
     runs += _offered_rates(plan, lanes, ceiling=_saturated(runs, "R0", "chain"))
+    runs += _half_loads(plan, lanes, runs)
     for workers in plan.workers:
         if workers != 2:  # the scaling series: the mesh with 1 and 4 workers besides 2
             goals = plan.saturation_goals["chain"]
@@ -179,6 +183,23 @@ def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> lis
                 )
                 runs.append(run)
     return runs
+
+
+def _half_loads(plan: Plan, lanes: dict[str, Lane], runs: list[LaneRun]) -> list[LaneRun]:
+    """Each lane's chains offered at half its own saturation rate: the per-task overhead of a
+    system under moderate load (at shares of R0's rate every lane but R0 and R1 is past its
+    ceiling and shows a queue)."""
+    out = []
+    for name in plan.half_load_lanes:
+        ceiling = _saturated(runs, name, "chain")
+        if name not in lanes or ceiling <= 0:
+            continue
+        rate = HALF * ceiling
+        goals = max(10, min(int(rate / SHAPES["chain"] * RATE_RUN_S), RATE_GOALS_MAX))
+        note = "50% of its own saturation"
+        kw = {"shape": "chain", "goals": goals, "in_flight": plan.in_flight, "rate": rate}
+        out.append(_one(name, lanes[name], series="half", note=note, **kw))
+    return out
 
 
 def _one(name: str, lane: Lane, *, series: str = "main", note: str = "", **kw: Any) -> LaneRun:
