@@ -61,7 +61,8 @@ FULL = Plan(
     workers=(1, 2, 4),
     many_goals=10_000,
     rates=(0.1, 0.5, 0.9),
-    rate_lanes=("R0", "R1", "R2", "M", "M-1%", "celery", "dbos"),
+    # R1 and R2 (the steps between R0 and M) only at saturation: the run stays under 15 minutes.
+    rate_lanes=("R0", "M", "M-1%", "celery", "dbos"),
     half_load_lanes=("M", "M-1%", "celery", "dbos"),
 )
 # At most this many goals per offered-rate run: a lane that cannot keep up shows it as a queue
