@@ -162,8 +162,9 @@ class Evaluator:
             row = self._read_attempts(conn, [key]).fetchone()
         if row is None:  # the planner commits before it dispatches, so this is a lagging replica
             raise TransientError(f"no ledger record of {event.task_id} attempt {event.attempt}")
-        self._remember(event.goal_id, _goal_of(row))
-        return _Context(arguments if arguments is not None else dict(row[6]), _goal_of(row))
+        goal = _goal_of(row)
+        self._remember(event.goal_id, goal)
+        return _Context(arguments if arguments is not None else dict(row[6]), goal)
 
     def _request(
         self,
