@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from agents import events as ev
 from agents.engines.base import Engine, EngineError, Judgement, JudgeRequest
-from agents.ledger.db import Connection
+from agents.ledger.db import Connection, remember
 from agents.runtime.consumer import Delivery
 from agents.runtime.errors import TransientError
 from agents.tools.base import Registry, Tool, UnknownToolError
@@ -115,9 +115,7 @@ class Evaluator:
         self._arguments = {}
 
     def _remember(self, goal_id: str, goal: _Goal) -> None:
-        if len(self._goals) >= _GOALS_KEPT:
-            self._goals.clear()
-        self._goals[goal_id] = goal
+        remember(self._goals, goal_id, goal, most=_GOALS_KEPT)
 
     def on_outcome(
         self, event: ev.TaskCompleted | ev.TaskFailed, delivery: Delivery

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import set_json_dumps, set_json_loads
@@ -69,3 +69,15 @@ def columns(rows: Sequence[Any], *fields: str) -> tuple[list[Any], ...]:
     ``%b``, in binary: psycopg quotes the elements of a text array in Python, about 1.4 µs an
     element against 0.2 (float lists stay ``%s``: binary refuses a list mixing ints and floats)."""
     return tuple([get(row) for row in rows] for get in map(attrgetter, fields))
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(known: MutableMapping[K, V], key: K, value: V, *, most: int) -> None:
+    """Keep ``value`` of something the ledger fixes once written (a goal's text and input),
+    forgetting the oldest entry once ``most`` are kept."""
+    if key not in known and len(known) >= most:
+        del known[next(iter(known))]
+    known[key] = value

@@ -26,6 +26,7 @@ import redis
 from pydantic import BaseModel
 
 from agents import events as ev
+from agents.ledger.db import remember
 from agents.runtime.consumer import Delivery
 from agents.runtime.crash import crashpoint
 from agents.runtime.shortlived import CancelFlags, Lease, Leases, RateLimiter, ReplayCache
@@ -251,9 +252,7 @@ class Worker:
             row = conn.execute("select input from goals where goal_id = %s", (goal_id,)).fetchone()
         found = dict(row[0]) if row else {}
         if row:
-            if len(self._inputs) >= _REMEMBERED_GOALS:
-                self._inputs.pop(next(iter(self._inputs)))
-            self._inputs[goal_id] = found
+            remember(self._inputs, goal_id, found, most=_REMEMBERED_GOALS)
         return found
 
     def _completed(
