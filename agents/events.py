@@ -8,7 +8,8 @@ because their shape belongs to the tool, not to the contract.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
@@ -61,8 +62,21 @@ def now() -> datetime:
 
 
 def new_id() -> str:
-    """A fresh unique identifier (UUID4, hex form)."""
-    return uuid.uuid4().hex
+    """A fresh unique identifier: a version-7 UUID (RFC 9562) in hex form, 48 bits of Unix
+    milliseconds then 74 random bits.
+
+    Time-ordered rather than random (UUID4) because ids are index keys: the inbox's key is the
+    event id, and a random key puts every insert on a different page of an index that grows
+    with the inbox's retention (a planner batch's inbox insert took three times as long on a
+    ledger of five million rows as on an empty one; with ids in time order, half as long)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    return f"{value & _V7_CLEAR | _V7_SET:032x}"
+
+
+# The version (0111) and variant (10) bits of a UUIDv7, over 128 bits whose random part they
+# overwrite.
+_V7_CLEAR = ~(0xF << 76 | 0x3 << 62) & ((1 << 128) - 1)
+_V7_SET = 0x7 << 76 | 0x2 << 62
 
 
 class Record(BaseModel):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from confluent_kafka.admin import AdminClient
 
 from agents.runtime.kafka import client_config
@@ -71,6 +72,7 @@ RATE_GOALS_MAX = 500
 RATE_RUN_S = 3.0  # how long goals are offered at a fixed rate
 HALF = 0.5
 FOREIGN_PARTITIONS_WARN = 100  # a few test runs' worth
+INBOX_ROWS_WARN = 500_000  # about one full run's worth of planner events
 
 Lane = Callable[..., LaneRun]
 
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = MeshSettings()
     check_all(settings)
     foreign = foreign_partitions(settings)
+    inbox = inbox_rows(settings)
     runs = run(QUICK if args.quick else FULL, args.out, settings)
     summary = ratios(runs)
     print(table(runs))
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "foreign_partitions": foreign,
+        "inbox_rows": inbox,
     }
     document = {"machine": machine, "ratios": summary, "runs": [r.as_json() for r in runs]}
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
@@ -265,6 +269,24 @@ def foreign_partitions(settings: MeshSettings) -> int:
             f"mesh's (e.g. {min(foreign)}), which makes every request cost it more: delete "
             "them, or start from a fresh stack (`make down`, remove .mesh/kafka), for figures "
             "comparable with a clean run",
+            file=sys.stderr,
+        )
+    return count
+
+
+def inbox_rows(settings: MeshSettings) -> int:
+    """About how many rows the ledger's inbox holds before the run (the planner statistics'
+    estimate), with a warning when there are many: each lane deletes its own, but a ledger
+    that served other meshes or older runs makes every planner batch's inbox insert dearer
+    (a third of Postgres's time per task on an inbox of five million rows)."""
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        row = conn.execute("select reltuples::bigint from pg_class where relname = 'inbox'")
+        count = max(0, int((row.fetchone() or (0,))[0]))
+    if count > INBOX_ROWS_WARN:
+        print(
+            f"bench: the ledger's inbox holds about {count:,} rows from other runs or meshes, "
+            "which makes the planner's inserts cost more: for figures comparable with a clean "
+            "run, start from a fresh ledger (`make down`, remove .mesh/postgres)",
             file=sys.stderr,
         )
     return count

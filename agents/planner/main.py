@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 1.0
 TIMERS_EVERY_S = 0.1
 INBOX_EVERY_S = 60.0
+INBOX_CHUNK = 10_000  # inbox rows forgotten at most per look, so one look never holds it long
 ROLES = ("goals", "results", "escalations")  # the topics the planner consumes
 # How long the inbox remembers an event: as long as any of those topics keeps it, after which
 # no consumer can be handed it again.
@@ -32,7 +33,8 @@ class Housekeeping:
     """Between batches: fire due timers (every 0.1 s, unless a batch begun since the last look
     found none due), and at most once a second relay orphaned outbox rows and report tasks
     whose worker stopped heartbeating as failed with ``lease_expired`` so the evaluator retries
-    them; once a minute, forget inbox entries older than any of its topics keeps an event."""
+    them; once a minute (each second while there is a backlog), forget inbox entries older than any
+    of its topics keeps an event."""
 
     def __init__(self, app: AgentApp, leases: Leases, planner: Planner, sink: LedgerSink) -> None:
         self._app = app
@@ -60,8 +62,11 @@ class Housekeeping:
         self._sink.settle()  # before the sweep, so delivered rows are not sent again
         sweep(self._app.db, self._app.publisher)
         if now >= self._next_inbox:
-            self._next_inbox = now + INBOX_EVERY_S
-            forget_seen(self._app.db, older_than_s=INBOX_KEEP_S)
+            # A full chunk means more are due: the next look comes a second later, not a minute,
+            # so a planner taking more than a chunk's worth of events a minute keeps up.
+            forgotten = forget_seen(self._app.db, older_than_s=INBOX_KEEP_S, limit=INBOX_CHUNK)
+            full = forgotten >= INBOX_CHUNK
+            self._next_inbox = now + (HOUSEKEEPING_EVERY_S if full else INBOX_EVERY_S)
         expired = self._leases.take_expired()
         for lease in expired:
             log.warning("lease of %s attempt %d expired", lease.task_id, lease.attempt)
@@ -106,7 +111,7 @@ def run(settings: MeshSettings) -> int:
     leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
     sink = LedgerSink(
         pool=app.db,
-        consumer="planner",
+        consumer=app.group(),  # the inbox is per consumer group: per mesh, like the group
         handlers=planner.handlers(),
         on_refused=planner.on_refused,
         hooks=planner,

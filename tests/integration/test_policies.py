@@ -293,8 +293,9 @@ def test_late_results_of_a_superseded_attempt_change_nothing(mesh: Mesh) -> None
     ids = [e.event_id for e in stale]
 
     def seen() -> bool:
-        sql = "select 1 from inbox where consumer = 'planner' and event_id = any(%s)"
-        return len(ledger_rows(mesh.settings, sql, (ids,))) == 2
+        sql = "select 1 from inbox where consumer = %s and event_id = any(%s)"
+        group = f"{mesh.settings.topic_prefix}planner"
+        return len(ledger_rows(mesh.settings, sql, (group, ids))) == 2
 
     assert_eventually(seen, timeout=30, what="the planner consumed the late events")
     after = ledger_rows(
