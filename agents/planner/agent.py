@@ -387,6 +387,7 @@ class Planner:
             goal.goal_id,
             "retry",
             self._clock() + timedelta(seconds=delay),
+            mesh=self.mesh,
             task_id=task.task_id,
             payload={
                 "attempt": task.attempt,
@@ -448,6 +449,7 @@ class Planner:
             goal.goal_id,
             "escalation_expiry",
             raised.expires_at,
+            mesh=self.mesh,
             escalation_id=raised.escalation_id,
         )
         return [raised]

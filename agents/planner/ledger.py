@@ -525,26 +525,28 @@ def schedule(
     kind: str,
     due_at: datetime,
     *,
+    mesh: str,
     task_id: str | None = None,
     escalation_id: str | None = None,
     payload: dict[str, Any] | None = None,
 ) -> None:
-    """A durable timer: it fires at (never before) ``due_at``, whatever restarts in between."""
+    """A durable timer: it fires at (never before) ``due_at``, whatever restarts in between,
+    by a planner of ``mesh`` (the goal's)."""
     conn.execute(
-        "insert into timers (goal_id, kind, task_id, escalation_id, due_at, payload) "
-        "values (%s, %s, %s, %s, %s, %s)",
-        (goal_id, kind, task_id, escalation_id, due_at, Jsonb(payload or {})),
+        "insert into timers (goal_id, kind, task_id, escalation_id, due_at, payload, mesh) "
+        "values (%s, %s, %s, %s, %s, %s, %s)",
+        (goal_id, kind, task_id, escalation_id, due_at, Jsonb(payload or {}), mesh),
     )
 
 
-_DUE = "t.fired_at is null and t.due_at <= now() and g.mesh = %s"
+_DUE = "t.mesh = %s and t.fired_at is null and t.due_at <= now()"
 
 
 def any_timer_due(conn: Connection, mesh: str) -> psycopg.Cursor[Any]:
     """Whether a timer of ``mesh``'s goals has come due: the cursor's one row says (in pipeline
     mode the answer comes with the next round trip)."""
     return conn.execute(
-        f"select exists (select 1 from timers t join goals g using (goal_id) where {_DUE})",  # noqa: S608
+        f"select exists (select 1 from timers t where {_DUE})",  # noqa: S608
         (mesh,),
     )
 

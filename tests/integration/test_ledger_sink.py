@@ -142,8 +142,12 @@ def test_a_planner_fires_only_the_timers_of_its_own_mesh(pool: ConnectionPool) -
     ours, theirs = unique("mesh-a."), unique("mesh-b.")
     with pool.connection() as conn, conn.transaction():
         L.insert_goal(conn, goal, None, ours)
-        L.schedule(conn, goal.goal_id, "retry", ev.now(), task_id="t", payload={"attempt": 1})
+        L.schedule(
+            conn, goal.goal_id, "retry", ev.now(), mesh=ours, task_id="t", payload={"attempt": 1}
+        )
     with pool.connection() as conn, conn.transaction():
+        assert L.any_timer_due(conn, theirs).fetchone() == (False,)
+        assert L.any_timer_due(conn, ours).fetchone() == (True,)
         assert L.due_timers(conn, theirs) == []
     with pool.connection() as conn, conn.transaction():
         assert [t["goal_id"] for t in L.due_timers(conn, ours)] == [goal.goal_id]
