@@ -45,6 +45,7 @@ class LaneRun:
     durability: str = ""  # what survives a crash, in a few words
     notes: str = ""
     series: str = "main"  # main | workers (scaling) | goals (goal count) | offered | half (rates)
+    probe_ms: float = 0.0  # the machine's speed before the run (``speed_probe``; larger: slower)
 
     @property
     def tasks_per_s(self) -> float:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from bench.model import ProcessUsage
 from infra.stack import StackConfig, running_pids
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def speed_probe(rounds: int = 3) -> float:
+    """Milliseconds a fixed piece of pure Python takes, the best of ``rounds``: how fast this
+    machine runs right now (its figures drift by a third from minute to minute), so figures of
+    runs made at different speeds can be told apart. Larger is slower."""
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        table = {str(n): n * 3 for n in range(50_000)}
+        sum(table.values())
+        best = min(best, time.perf_counter() - began)
+    return best * 1000
 
 
 def usage(pid: int, name: str, role: str = "lane") -> ProcessUsage:

@@ -28,7 +28,9 @@ from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES
 from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
+from bench.procs import speed_probe
 from bench.report import ratios, render_png, stage_table, table
+from bench.stats import percentile
 from topics.catalogue import CATALOGUE
 
 
@@ -208,8 +210,10 @@ def _half_loads(plan: Plan, lanes: dict[str, Lane], runs: list[LaneRun]) -> list
 def _one(name: str, lane: Lane, *, series: str = "main", note: str = "", **kw: Any) -> LaneRun:
     began = time.monotonic()
     print(f"bench: {name} {kw} ...", file=sys.stderr, flush=True)
+    probe = speed_probe()
     result = lane(**kw)
     result.series = series
+    result.probe_ms = probe
     if note:
         result.notes = f"{note}. {result.notes}".strip()
     if "workers" in kw:  # the scaling series
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "foreign_partitions": foreign,
         "inbox_rows": inbox,
+        "speed_probe_ms": probe_range(runs),
     }
     document = {"machine": machine, "ratios": summary, "runs": [r.as_json() for r in runs]}
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
@@ -272,6 +277,21 @@ def foreign_partitions(settings: MeshSettings) -> int:
             file=sys.stderr,
         )
     return count
+
+
+def probe_range(runs: list[LaneRun]) -> dict[str, float]:
+    """The speed probe's least, median and largest figure over the run's lanes, printed too: a
+    wide range means the machine's speed moved during the run."""
+    probes = sorted(r.probe_ms for r in runs if r.probe_ms > 0)
+    if not probes:
+        return {}
+    found = {"min": probes[0], "median": percentile(probes, 50), "max": probes[-1]}
+    print(
+        f"bench: speed probe {found['min']:.1f}-{found['max']:.1f} ms "
+        f"(median {found['median']:.1f}; larger is slower)",
+        file=sys.stderr,
+    )
+    return found
 
 
 def inbox_rows(settings: MeshSettings) -> int:
