@@ -14,8 +14,8 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def speed_probe(rounds: int = 3) -> float:
     """Milliseconds a fixed piece of pure Python takes, the best of ``rounds``: how fast this
-    machine runs right now (its figures drift by a third from minute to minute), so figures of
-    runs made at different speeds can be told apart. Larger is slower."""
+    machine runs right now (its figures drift by a third and more, sometimes within seconds), so
+    figures of runs made at different speeds can be told apart. Larger is slower."""
     best = float("inf")
     for _ in range(rounds):
         began = time.perf_counter()

@@ -298,7 +298,7 @@ def inbox_rows(settings: MeshSettings) -> int:
     """About how many rows the ledger's inbox holds before the run (the planner statistics'
     estimate), with a warning when there are many: each lane deletes its own, but a ledger
     that served other meshes or older runs makes every planner batch's inbox insert dearer
-    (a third of Postgres's time per task on an inbox of five million rows)."""
+    (almost half of Postgres's time per task on an inbox of five million rows)."""
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         row = conn.execute("select reltuples::bigint from pg_class where relname = 'inbox'")
         count = max(0, int((row.fetchone() or (0,))[0]))
