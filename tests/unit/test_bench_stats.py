@@ -8,6 +8,7 @@ import pytest
 
 from bench.model import LaneRun, ProcessUsage
 from bench.report import stage_table
+from bench.run import FULL, _warm_up
 from bench.stats import percentile, ratio, summary
 
 pytestmark = pytest.mark.unit
@@ -72,3 +73,18 @@ def test_stage_timers_are_summarised_and_tabled() -> None:
     (line,) = stage_table([run, LaneRun("R0", "chain", 1, 6, "single", 1.0)]).splitlines()[2:]
     assert line.split()[:3] == ["M", "chain", "single"]
     assert "2.5 / 4.0" in line and "10.0 / 48.8" in line
+
+
+@pytest.mark.parametrize(
+    ("rates", "expected"),
+    [([1000, 2000, 2100, 2150], 3), ([500, 510], 2), ([1, 2, 4, 8, 16, 32, 64], 5)],
+)
+def test_the_warm_up_runs_until_two_runs_in_a_row_agree(rates: list[int], expected: int) -> None:
+    made: list[LaneRun] = []
+
+    def lane(**kw: object) -> LaneRun:
+        made.append(LaneRun("R0", "chain", 1, rates[len(made)], "in_flight:200", 1.0))
+        return made[-1]
+
+    _warm_up(FULL, lane)
+    assert len(made) == expected
