@@ -62,17 +62,21 @@ class Housekeeping:
         self._sink.settle()  # before the sweep, so delivered rows are not sent again
         sweep(self._app.db, self._app.publisher)
         if now >= self._next_inbox:
-            # A full chunk means more are due: the next look comes a second later, not a minute,
-            # so a planner taking more than a chunk's worth of events a minute keeps up.
             forgotten = forget_seen(self._app.db, older_than_s=INBOX_KEEP_S, limit=INBOX_CHUNK)
-            full = forgotten >= INBOX_CHUNK
-            self._next_inbox = now + (HOUSEKEEPING_EVERY_S if full else INBOX_EVERY_S)
+            self._next_inbox = next_inbox_look(now, forgotten)
         expired = self._leases.take_expired()
         for lease in expired:
             log.warning("lease of %s attempt %d expired", lease.task_id, lease.attempt)
             self._app.publisher.publish(_lease_expired(lease))
         if expired:
             self._app.publisher.flush()
+
+
+def next_inbox_look(now: float, forgotten: int) -> float:
+    """When to forget expired inbox rows again, after a look at ``now`` forgot ``forgotten``: a
+    full chunk means more are due, so a second later rather than a minute, and a planner taking
+    more than a chunk's worth of events a minute keeps up."""
+    return now + (HOUSEKEEPING_EVERY_S if forgotten >= INBOX_CHUNK else INBOX_EVERY_S)
 
 
 def _lease_expired(lease: Lease) -> ev.TaskFailed:

@@ -15,7 +15,7 @@ from agents.ledger.db import Connection, open_pool
 from agents.ledger.outbox import LedgerSink, forget_seen, store, sweep
 from agents.planner import ledger as L  # noqa: N812
 from agents.planner.agent import Planner
-from agents.planner.main import INBOX_KEEP_S
+from agents.planner.main import INBOX_CHUNK, INBOX_KEEP_S, next_inbox_look
 from agents.runtime.consumer import ConsumerRuntime, Delivery
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -176,3 +176,9 @@ def test_the_inbox_forgets_events_no_topic_can_deliver_again(pool: ConnectionPoo
     while forget_seen(pool, older_than_s=INBOX_KEEP_S):
         pass
     assert left() == [recent]
+
+
+def test_the_inbox_is_looked_at_again_soon_while_a_look_finds_a_full_chunk() -> None:
+    assert next_inbox_look(100.0, INBOX_CHUNK) == 101.0
+    assert next_inbox_look(100.0, INBOX_CHUNK - 1) == 160.0
+    assert next_inbox_look(100.0, 0) == 160.0
