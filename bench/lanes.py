@@ -19,6 +19,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from agents import events as ev
+from agents.runtime.app import group_id
 from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import (
     client_config,
@@ -296,7 +297,9 @@ def run_mesh(
     stand_ins = _stand_ins(settings.topic_prefix, env, log_dir) if relays else {}
     try:
         with fleet:
-            _wait_for_groups(settings, {settings.topic_prefix + g: n for g, n in groups.items()})
+            _wait_for_groups(
+                settings, {group_id(settings.topic_prefix, g): n for g, n in groups.items()}
+            )
             return _drive_mesh(
                 settings,
                 fleet,
@@ -306,7 +309,7 @@ def run_mesh(
                 in_flight=in_flight,
                 rate=rate,
                 extra=stand_ins,
-                groups=[settings.topic_prefix + g for g in groups],
+                groups=[group_id(settings.topic_prefix, g) for g in groups],
             )
     finally:
         _stop(list(stand_ins.values()))
@@ -321,7 +324,8 @@ def _forget_goals(settings: MeshSettings) -> None:
     350,000 inbox rows)."""
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         conn.execute("delete from goals where mesh = %s", (settings.topic_prefix,))
-        conn.execute("delete from inbox where consumer = %s", (f"{settings.topic_prefix}planner",))
+        planner = group_id(settings.topic_prefix, "planner")
+        conn.execute("delete from inbox where consumer = %s", (planner,))
 
 
 def _stand_ins(

@@ -28,6 +28,12 @@ from schemas.codec import Codec
 log = logging.getLogger(__name__)
 
 
+def group_id(topic_prefix: str, name: str) -> str:
+    """The consumer group ``name`` (a role, and a suffix where the role has several) of the
+    mesh with ``topic_prefix``; the planner's is also the key of its inbox rows."""
+    return f"{topic_prefix}{name}"
+
+
 def instance_id(role: str) -> str:
     """A readable id for this process: role, host and pid."""
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
@@ -71,7 +77,7 @@ class AgentApp:
 
     def group(self, suffix: str = "") -> str:
         """Consumer group of this role, isolated per topic prefix."""
-        return f"{self.settings.topic_prefix}{self.role}{suffix}"
+        return group_id(self.settings.topic_prefix, f"{self.role}{suffix}")
 
     def tool_resources(self) -> ToolResources:
         return ToolResources(db=self.db, sandbox_dir=Path(self.settings.sandbox_dir))

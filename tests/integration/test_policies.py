@@ -16,6 +16,7 @@ from agents import events as ev
 from agents.client import GoalStatus, MeshClient
 from agents.demo import onboarding_input
 from agents.history import goal_history
+from agents.runtime.app import group_id
 from agents.runtime.fleet import Fleet
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
@@ -294,7 +295,7 @@ def test_late_results_of_a_superseded_attempt_change_nothing(mesh: Mesh) -> None
 
     def seen() -> bool:
         sql = "select 1 from inbox where consumer = %s and event_id = any(%s)"
-        group = f"{mesh.settings.topic_prefix}planner"
+        group = group_id(mesh.settings.topic_prefix, "planner")
         return len(ledger_rows(mesh.settings, sql, (group, ids))) == 2
 
     assert_eventually(seen, timeout=30, what="the planner consumed the late events")
