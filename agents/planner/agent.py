@@ -41,7 +41,7 @@ from agents.planner import decide, saga
 from agents.planner import ledger as L  # noqa: N812 - the ledger queries read best qualified
 from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
-from agents.planner.snapshot import Snapshot
+from agents.planner.snapshot import Kept, Snapshot
 from agents.runtime.consumer import Delivery
 from agents.runtime.telemetry import Headers, inject, tracer
 from agents.tools.base import HUMAN_RETRY, Registry
@@ -84,6 +84,7 @@ class Planner:
         self._on_cancel = on_cancel
         self._pools = {t.name: t.pool for t in registry}
         self._snapshot: Snapshot | None = None
+        self._kept = Kept()  # goals' plans as the last batches left them
         self._timers_seen: tuple[float, bool] | None = None  # (when a batch asked, the answer)
 
     # -- one batch at a time -----------------------------------------------------------------
@@ -93,7 +94,7 @@ class Planner:
         tells which submitted goals are new. The same round trip says whether any timer is due,
         so a busy planner need not ask again between batches (``timers_may_be_due``)."""
         due = L.any_timer_due(conn, self.mesh)
-        self._snapshot = Snapshot.load(conn, [e.goal_id for e in events])
+        self._snapshot = Snapshot.load(conn, [e.goal_id for e in events], self._kept)
         row = due.fetchone()
         self._timers_seen = (time.monotonic(), bool(row and row[0]))
 
@@ -104,10 +105,15 @@ class Planner:
         return seen is None or seen[0] < since or seen[1]
 
     def after_batch(self, completed: bool) -> None:
-        """Write what the batch held back (``completed``), or forget it (the batch failed)."""
-        if completed and self._snapshot is not None:
-            self._snapshot.flush()
-        self._snapshot = None
+        """Write what the batch held back (``completed``), or forget it (the batch failed,
+        perhaps in its commit after all, which may come after a call with True): the kept plans
+        too, since the batch's snapshot changed them in place."""
+        snapshot, self._snapshot = self._snapshot, None
+        if not completed:
+            self._kept.forget()
+        elif snapshot is not None:
+            snapshot.flush()
+            snapshot.keep(self._kept)
 
     def _goal(self, conn: Connection, goal_id: str) -> GoalRow | None:
         """The goal, locked: from the batch's snapshot while it holds the goal."""
@@ -160,7 +166,9 @@ class Planner:
     ) -> list[ev.Event]:
         snapshot = self._snapshot
         new = snapshot is not None and snapshot.is_new(event.goal_id)
-        if not L.insert_goal(conn, event, _goal_traceparent(delivery), self.mesh, known_new=new):
+        kept_by = self._kept.owner if new else None  # its batch keeps its plan (``adopt``)
+        trace_parent = _goal_traceparent(delivery)
+        if not L.insert_goal(conn, event, trace_parent, self.mesh, known_new=new, kept_by=kept_by):
             return []  # the same goal submitted again: it is already in hand
         goal = L.goal_row(event) if new else _locked(conn, event.goal_id)
         planned = self._plan(conn, goal, event.event_id)

@@ -51,6 +51,7 @@ class GoalRow:
     ending: dict[str, Any] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    revision: int = 0  # one more each time a transaction locks the goal (migration 0009)
 
 
 Row = TypeVar("Row", "TaskRow", "GoalRow")

@@ -20,7 +20,7 @@ from agents.planner.decide import FIELDS, GoalRow, TaskRow, row_of
 GOAL_COLUMNS = (
     "goal_id, text, input, status, max_steps, max_tokens, budget_usd, deadline_at, plan_version, "
     "steps_used, input_tokens + output_tokens as tokens, cost_usd, submitted_at, max_replans, "
-    "replans, compensation_policy, ending, input_tokens, output_tokens"
+    "replans, compensation_policy, ending, input_tokens, output_tokens, revision"
 )
 Outcome = ev.TaskCompleted | ev.TaskFailed
 _USAGE = ("usage.input_tokens", "usage.output_tokens", "usage.cost_usd")
@@ -45,14 +45,16 @@ def insert_goal(
     mesh: str,
     *,
     known_new: bool = False,
+    kept_by: str | None = None,
 ) -> bool:
     """Record a new goal; False when it is already known (a repeated submission). ``known_new``:
-    the caller knows it is not, so the answer is not waited for."""
+    the caller knows it is not, so the answer is not waited for. ``kept_by``: the planner that
+    will keep its plan (``Kept``)."""
     inserted = conn.execute(
         "insert into goals (goal_id, text, input, status, max_steps, max_tokens, budget_usd, "
         "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at, "
-        "max_replans, compensation_policy, mesh) "
-        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "max_replans, compensation_policy, mesh, kept_by) "
+        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "on conflict (goal_id) do nothing returning goal_id",
         (
             goal.goal_id,
@@ -69,6 +71,7 @@ def insert_goal(
             goal.max_replans,
             goal.compensation_policy,
             mesh,
+            kept_by,
         ),
     )
     return known_new or inserted.fetchone() is not None
@@ -95,11 +98,18 @@ def goal_row(goal: ev.GoalSubmitted) -> GoalRow:
     )
 
 
+def keep_plans(conn: Connection, goal_ids: Sequence[str], owner: str) -> None:
+    """From now on, the planner ``owner`` keeps these goals' plans in memory (``Kept``)."""
+    conn.execute("update goals set kept_by = %s where goal_id = any(%b)", (owner, list(goal_ids)))
+
+
 def lock_goal(conn: Connection, goal_id: str) -> GoalRow | None:
-    """The goal's row, locked until the transaction ends (planners serialise on it)."""
+    """The goal's row, locked until the transaction ends (planners serialise on it), its
+    revision counting this transaction (``Kept``)."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            f"select {GOAL_COLUMNS} from goals where goal_id = %s for update",  # noqa: S608 - constant columns
+            "update goals set revision = revision + 1 where goal_id = %s "  # noqa: S608
+            f"returning {GOAL_COLUMNS}",  # constant columns
             (goal_id,),
         ).fetchone()
     return GoalRow(**row) if row else None
@@ -250,7 +260,10 @@ def dispatch_all(conn: Connection, dispatches: Sequence[Dispatch]) -> None:
 
 
 def record_outcome(conn: Connection, event: Outcome) -> bool:
-    """Store a worker's outcome if it answers the task's current attempt; False otherwise."""
+    """Store a worker's outcome if it answers the task's current attempt; False otherwise.
+    The one write to a goal's tasks made without first locking the goal, so it counts a
+    revision of its own (``Kept``); even a refused outcome may fill in its attempt's row."""
+    conn.execute("update goals set revision = revision + 1 where goal_id = %s", (event.goal_id,))
     return record_outcomes(conn, [event]).fetchone() is not None
 
 

@@ -1,0 +1,178 @@
+"""The planner's kept plans on the real ledger: a goal's tasks as the last batch left them are
+used by the next batch only while no other transaction has locked the goal since, and a failed
+batch forgets them. The planner runs in-process; the test plays workers and evaluator.
+
+Each case ends on a verdict for the chain's first step: the planner dispatches the second step
+when, as far as it knows, the first was waiting for that verdict, and does nothing otherwise. So
+what it sends tells which version of the first step it believed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+
+from agents import events as ev
+from agents.engines.offline import OfflineEngine
+from agents.ledger.migrate import migrate
+from agents.planner import ledger as L  # noqa: N812
+from agents.planner.agent import Planner
+from agents.planner.snapshot import Kept, Plan
+from agents.runtime.consumer import Delivery
+from agents.runtime.settings import MeshSettings
+from agents.tools.catalogue import default_registry
+from tests.mesh_support import steps_input
+
+pytestmark = pytest.mark.integration
+DELIVERY = Delivery("t", 0, 0, None, (), 0, None)
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture(scope="module")
+def conn(stack_settings: MeshSettings) -> Iterator[Conn]:
+    migrate(stack_settings.database_url.get_secret_value())
+    with psycopg.connect(stack_settings.database_url.get_secret_value()) as connection:
+        yield connection
+
+
+@pytest.fixture
+def planner() -> Planner:
+    return Planner(engine=OfflineEngine(), registry=default_registry(), mesh=f"kept.{ev.new_id()}.")
+
+
+def batch(conn: Conn, planner: Planner, events: Sequence[ev.Event]) -> list[ev.Event]:
+    """One batch as the ledger sink runs it: hooks around the handlers, in one transaction."""
+    handlers = planner.handlers()
+    with conn.transaction():
+        planner.before_batch(conn, events)
+        try:
+            out = [o for e in events for o in handlers[type(e)](e, DELIVERY, conn)]
+        except BaseException:
+            planner.after_batch(False)
+            raise
+        planner.after_batch(True)
+    return out
+
+
+def started(conn: Conn, planner: Planner) -> ev.TaskAssigned:
+    """A two-step chain submitted in a batch of its own; its first step's dispatch."""
+    goal = ev.GoalSubmitted(
+        envelope=ev.Envelope(goal_id=ev.new_id()),
+        text="kept plans",
+        input=steps_input(
+            {"id": "s0", "tool": "echo", "arguments": {"value": 0}},
+            {"id": "s1", "tool": "echo", "arguments": {"value": 1}, "depends_on": ["s0"]},
+        ),
+        compensation_policy="none",
+    )
+    (first,) = batch(conn, planner, [goal])
+    assert isinstance(first, ev.TaskAssigned)
+    return first
+
+
+def completed(task: ev.TaskAssigned) -> ev.TaskCompleted:
+    now = ev.now()
+    return ev.TaskCompleted(
+        envelope=ev.Envelope(goal_id=task.goal_id),
+        task_id=task.task_id,
+        step_id=task.step_id,
+        tool=task.tool,
+        attempt=task.attempt,
+        result={"value": 0},
+        worker_id="w",
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def accepted(task: ev.TaskAssigned) -> ev.TaskEvaluated:
+    return ev.TaskEvaluated(
+        envelope=ev.Envelope(goal_id=task.goal_id),
+        task_id=task.task_id,
+        step_id=task.step_id,
+        attempt=task.attempt,
+        decision="accept",
+        confidence=1.0,
+        reason="ok",
+    )
+
+
+def dispatched_steps(events: Sequence[ev.Event]) -> list[str]:
+    return [e.step_id for e in events if isinstance(e, ev.TaskAssigned)]
+
+
+def back_to_dispatched(conn: Conn, task: ev.TaskAssigned, *, as_a_writer: bool) -> None:
+    """Put the step back to waiting for its worker, behind the planner's back: as a writer
+    does (locking the goal, which counts a revision), or as nothing in the mesh ever does."""
+    with conn.transaction():
+        if as_a_writer:
+            assert L.lock_goal(conn, task.goal_id) is not None
+        conn.execute("update tasks set status = 'dispatched' where task_id = %s", (task.task_id,))
+
+
+def test_the_next_batch_uses_the_kept_plan_and_reads_no_task(conn: Conn, planner: Planner) -> None:
+    first = started(conn, planner)
+    assert batch(conn, planner, [completed(first)]) == []
+    # A write that bypasses the rule every writer follows goes unseen: the plan was not read.
+    back_to_dispatched(conn, first, as_a_writer=False)
+    assert dispatched_steps(batch(conn, planner, [accepted(first)])) == ["s1"]
+
+
+def test_a_goal_locked_by_another_transaction_is_read_again(conn: Conn, planner: Planner) -> None:
+    first = started(conn, planner)
+    assert batch(conn, planner, [completed(first)]) == []
+    back_to_dispatched(conn, first, as_a_writer=True)  # a fired timer, another planner
+    assert dispatched_steps(batch(conn, planner, [accepted(first)])) == []
+
+
+def test_a_batch_of_another_planner_takes_the_goal_over(conn: Conn, planner: Planner) -> None:
+    first = started(conn, planner)
+    assert batch(conn, planner, [completed(first)]) == []
+    other = Planner(engine=OfflineEngine(), registry=default_registry(), mesh=planner.mesh)
+    (second,) = batch(conn, other, [accepted(first)])  # after a rebalance, say
+    assert isinstance(second, ev.TaskAssigned)
+    # Back with the first planner, which kept the second step as not yet sent.
+    ended = batch(conn, planner, [completed(second), accepted(second)])
+    assert [type(e) for e in ended] == [ev.GoalCompleted]
+
+
+def test_an_outcome_recorded_outside_a_batch_counts_a_revision(
+    conn: Conn, planner: Planner
+) -> None:
+    first = started(conn, planner)
+    # Record by record, as after a failed batch: no snapshot, and no lock on the goal.
+    with conn.transaction():
+        assert list(planner.on_outcome(completed(first), DELIVERY, conn)) == []
+    assert dispatched_steps(batch(conn, planner, [accepted(first)])) == ["s1"]
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["in-a-handler", "in-the-commit"])
+def test_a_failed_batch_leaves_no_trace_in_kept_plans(
+    conn: Conn, planner: Planner, flushed: bool
+) -> None:
+    first = started(conn, planner)
+
+    class Failed(Exception):
+        pass
+
+    with pytest.raises(Failed), conn.transaction():  # recorded in memory, then rolled back
+        planner.before_batch(conn, [completed(first)])
+        planner.on_outcome(completed(first), DELIVERY, conn)
+        if flushed:
+            planner.after_batch(True)
+        planner.after_batch(False)
+        raise Failed
+    # The ledger still has the step waiting for its worker: a verdict now is too early.
+    assert dispatched_steps(batch(conn, planner, [accepted(first)])) == []
+
+
+def test_at_most_so_many_plans_are_kept_the_least_recent_forgotten() -> None:
+    kept = Kept(most=2)
+    for goal_id in ("a", "b", "a", "c"):
+        kept.keep(goal_id, Plan(revision=1, tasks={}, outcomes={}))
+    assert len(kept) == 2
+    assert kept.revisions(["a", "b", "c"]) == (["a", "c"], [1, 1])
+    kept.keep("a", None)
+    assert kept.revisions(["a", "b", "c"]) == (["c"], [1])
