@@ -69,25 +69,37 @@ def _saturation(run: LaneRun) -> bool:
     return run.series == "main" and run.load != "single"
 
 
+MESH_LANES = ("M", "M-1%")  # every goal traced, and 1% of goals (the peers trace nothing)
+
+
 def ratios(runs: list[LaneRun]) -> dict[str, Any]:
-    """M against R0 and the peers, per shape: throughput at saturation, latency at one in flight."""
+    """The mesh's lanes against R0 and the peers, per shape: throughput at saturation, goal
+    latency at one in flight."""
     out: dict[str, Any] = {}
     for shape in ("chain", "fanout"):
-        m_sat, m_one = _find(runs, "M", shape, False), _find(runs, "M", shape, True)
-        if m_sat is None or m_one is None:
-            continue
         row: dict[str, float] = {}
-        for other in ("R0", "celery", "dbos"):
-            sat, one = _find(runs, other, shape, False), _find(runs, other, shape, True)
-            if sat is not None:
-                row[f"M/{other} throughput"] = ratio(m_sat.tasks_per_s, sat.tasks_per_s)
-            if one is not None:
-                for q in (50, 99):
-                    row[f"M/{other} goal latency p{q}"] = ratio(
-                        percentile(m_one.goal_latencies_s, q), percentile(one.goal_latencies_s, q)
-                    )
-        out[shape] = row
+        for mesh in MESH_LANES:
+            row |= _ratios_of(runs, mesh, shape)
+        if row:
+            out[shape] = row
     return out
+
+
+def _ratios_of(runs: list[LaneRun], mesh: str, shape: str) -> dict[str, float]:
+    m_sat, m_one = _find(runs, mesh, shape, False), _find(runs, mesh, shape, True)
+    if m_sat is None or m_one is None:
+        return {}
+    row: dict[str, float] = {}
+    for other in ("R0", "celery", "dbos"):
+        sat, one = _find(runs, other, shape, False), _find(runs, other, shape, True)
+        if sat is not None:
+            row[f"{mesh}/{other} throughput"] = ratio(m_sat.tasks_per_s, sat.tasks_per_s)
+        if one is not None:
+            for q in (50, 99):
+                row[f"{mesh}/{other} goal latency p{q}"] = ratio(
+                    percentile(m_one.goal_latencies_s, q), percentile(one.goal_latencies_s, q)
+                )
+    return row
 
 
 def render_png(runs: list[LaneRun], path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bench.model import LaneRun, ProcessUsage
-from bench.report import stage_table
+from bench.report import ratios, stage_table
 from bench.run import FULL, _warm_up
 from bench.stats import percentile, ratio, summary
 
@@ -43,6 +43,24 @@ def test_ratios_refuse_zero_and_nan() -> None:
     assert ratio(3000, 12000) == 0.25
     assert math.isnan(ratio(1, 0))
     assert math.isnan(ratio(math.nan, 2))
+
+
+def test_ratios_set_each_mesh_lane_against_raw_kafka_and_the_peers() -> None:
+    def lane(name: str, tasks_per_s: float, latency_s: float) -> list[LaneRun]:
+        saturated = LaneRun(name, "chain", 100, int(tasks_per_s), "in_flight:200", wall_s=1.0)
+        single = LaneRun(name, "chain", 3, 18, "single", 1.0, goal_latencies_s=[latency_s] * 3)
+        return [saturated, single]
+
+    runs = lane("M", 800, 0.08) + lane("M-1%", 1000, 0.06) + lane("R0", 8000, 0.01)
+    runs += lane("celery", 400, 0.02)  # no DBOS run: no DBOS ratios
+    chain = ratios(runs)["chain"]
+    assert chain["M/R0 throughput"] == pytest.approx(0.1)
+    assert chain["M/celery throughput"] == pytest.approx(2.0)
+    assert chain["M-1%/celery throughput"] == pytest.approx(2.5)
+    assert chain["M/R0 goal latency p50"] == pytest.approx(8.0)
+    assert chain["M-1%/celery goal latency p99"] == pytest.approx(3.0)
+    assert not any("dbos" in key for key in chain)
+    assert "fanout" not in ratios(runs)
 
 
 def test_lane_throughput_and_cpu_per_task() -> None:
