@@ -51,7 +51,7 @@ class GoalRow:
     ending: dict[str, Any] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
-    revision: int = 0  # one more each time a transaction locks the goal (migration 0009)
+    revision: int = 0  # one more for each change of its tasks outside a batch snapshot (``Kept``)
 
 
 Row = TypeVar("Row", "TaskRow", "GoalRow")
