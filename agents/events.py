@@ -106,6 +106,11 @@ class Usage(Record):
     output_tokens: int = 0
     cost_usd: float = 0.0
 
+    @property
+    def spent(self) -> bool:
+        """Anything at all: a goal is charged only for usage that is."""
+        return bool(self.input_tokens or self.output_tokens or self.cost_usd)
+
 
 class Event(Record):
     """Base of the events; subclasses are the types dispatched on."""

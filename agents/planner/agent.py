@@ -260,8 +260,10 @@ class Planner:
         return []  # the evaluator's verdict decides what happens next
 
     def _charge(self, conn: Connection, goal_id: str, source: str, usage: ev.Usage) -> None:
-        if usage.input_tokens or usage.output_tokens or usage.cost_usd:
-            self._release(goal_id)  # its budget changed
+        snapshot = self._held(goal_id)
+        if snapshot is not None:
+            snapshot.charge(L.Charge(goal_id, source, usage))
+        else:
             L.add_usage(conn, goal_id, source, usage)
 
     def on_verdict(

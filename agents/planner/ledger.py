@@ -376,19 +376,44 @@ def fail_task(conn: Connection, task: TaskRow, finished_at: datetime) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Charge:
+    """Tokens and cost charged to a goal, and what spent them (``source``)."""
+
+    goal_id: str
+    source: str
+    usage: ev.Usage
+
+
 def add_usage(conn: Connection, goal_id: str, source: str, usage: ev.Usage) -> None:
     """Charge tokens and cost to the goal (and keep the line item)."""
-    if not (usage.input_tokens or usage.output_tokens or usage.cost_usd):
+    add_usages(conn, [Charge(goal_id, source, usage)])
+
+
+def add_usages(conn: Connection, charges: Sequence[Charge]) -> None:
+    """Charge each goal the sum of its charges, two statements however many there are, and keep
+    every line item. The sums go per goal: an update changes a row once per statement."""
+    spent = [c for c in charges if c.usage.spent]
+    if not spent:
         return
+    totals: dict[str, list[Any]] = {}
+    for c in spent:
+        total = totals.setdefault(c.goal_id, [0, 0, 0.0])
+        total[0] += c.usage.input_tokens
+        total[1] += c.usage.output_tokens
+        total[2] += c.usage.cost_usd
+    ins, outs, costs = (list(column) for column in zip(*totals.values(), strict=True))
     conn.execute(
-        "update goals set input_tokens = input_tokens + %s, output_tokens = output_tokens + %s, "
-        "cost_usd = cost_usd + %s where goal_id = %s",
-        (usage.input_tokens, usage.output_tokens, usage.cost_usd, goal_id),
+        "update goals g set input_tokens = g.input_tokens + v.i, "
+        "output_tokens = g.output_tokens + v.o, cost_usd = g.cost_usd + v.cost "
+        "from unnest(%b::text[], %b::bigint[], %b::bigint[], %s::float8[]) "
+        "as v(goal_id, i, o, cost) where g.goal_id = v.goal_id",
+        (list(totals), ins, outs, costs),
     )
     conn.execute(
         "insert into usage_log (goal_id, source, input_tokens, output_tokens, cost_usd) "
-        "values (%s, %s, %s, %s, %s)",
-        (goal_id, source, usage.input_tokens, usage.output_tokens, usage.cost_usd),
+        "select * from unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %s::float8[])",
+        columns(spent, "goal_id", "source", *_USAGE),
     )
 
 

@@ -1,11 +1,12 @@
 """What one planner batch knows of its goals, read and locked in a single round trip.
 
 Most of what a planner does is the same few steps: record a worker's outcome, accept a verdict,
-dispatch what became ready, complete the goal. Asking the ledger for the goal and its tasks before
-each of them costs a round trip every time, and round trips are most of a planner's time. So at the
-start of a batch the planner locks every goal the batch mentions (in goal order, so planners never
-deadlock) and reads their current plans' tasks and outcomes; the common steps then read from here
-and keep it up to date, and their writes go out pipelined, never waited for.
+charge the tokens they report, dispatch what became ready, complete the goal. Asking the ledger
+for the goal and its tasks before each of them costs a round trip every time, and round trips are
+most of a planner's time. So at the start of a batch the planner locks every goal the batch
+mentions (in goal order, so planners never deadlock) and reads their current plans' tasks and
+outcomes; the common steps then read from here and keep it up to date, and their writes go out
+pipelined, never waited for.
 
 Anything else that happens to a goal (a retry, an escalation, a re-plan, a rollback, a budget
 stop, a human's answer) *releases* it: from then on, until the batch ends, every read about that
@@ -132,6 +133,7 @@ class Snapshot:
         self._succeeded_at = datetime.now(UTC)
         self._dispatches: list[L.Dispatch] = []
         self._finished: list[L.Finish] = []
+        self._charges: list[L.Charge] = []
 
     @classmethod
     def load(
@@ -223,6 +225,22 @@ class Snapshot:
         if task.kind == "action":
             self._goals[goal.goal_id] = evolve(goal, steps_used=goal.steps_used + 1)
 
+    def charge(self, charge: L.Charge) -> None:
+        """Tokens and cost spent on a held goal: counted in its row here, so the budget checks
+        that follow see them, and written with the batch."""
+        usage = charge.usage
+        if not usage.spent:
+            return
+        self._charges.append(charge)
+        goal = self._goals[charge.goal_id]
+        self._goals[goal.goal_id] = evolve(
+            goal,
+            input_tokens=goal.input_tokens + usage.input_tokens,
+            output_tokens=goal.output_tokens + usage.output_tokens,
+            tokens=goal.tokens + usage.input_tokens + usage.output_tokens,
+            cost_usd=goal.cost_usd + usage.cost_usd,
+        )
+
     def finish(self, finish: L.Finish) -> None:
         self._finished.append(finish)
         goal = self._goals[finish.goal_id]
@@ -276,7 +294,9 @@ class Snapshot:
             L.succeed_all(self._conn, self._succeeded, self._succeeded_at)
         if self._dispatches:
             L.dispatch_all(self._conn, self._dispatches)
+        if self._charges:
+            L.add_usages(self._conn, self._charges)
         if self._finished:
             L.finish_goals(self._conn, self._finished)
         self._recorded, self._verdicts, self._succeeded = [], [], []
-        self._dispatches, self._finished = [], []
+        self._dispatches, self._finished, self._charges = [], [], []

@@ -56,7 +56,7 @@ def batch(conn: Conn, planner: Planner, events: Sequence[ev.Event]) -> list[ev.E
     return out
 
 
-def started(conn: Conn, planner: Planner) -> ev.TaskAssigned:
+def started(conn: Conn, planner: Planner, max_tokens: int | None = None) -> ev.TaskAssigned:
     """A two-step chain submitted in a batch of its own; its first step's dispatch."""
     goal = ev.GoalSubmitted(
         envelope=ev.Envelope(goal_id=ev.new_id()),
@@ -66,13 +66,14 @@ def started(conn: Conn, planner: Planner) -> ev.TaskAssigned:
             {"id": "s1", "tool": "echo", "arguments": {"value": 1}, "depends_on": ["s0"]},
         ),
         compensation_policy="none",
+        max_tokens=max_tokens,
     )
     (first,) = batch(conn, planner, [goal])
     assert isinstance(first, ev.TaskAssigned)
     return first
 
 
-def completed(task: ev.TaskAssigned) -> ev.TaskCompleted:
+def completed(task: ev.TaskAssigned, usage: ev.Usage | None = None) -> ev.TaskCompleted:
     now = ev.now()
     return ev.TaskCompleted(
         envelope=ev.Envelope(goal_id=task.goal_id),
@@ -84,10 +85,11 @@ def completed(task: ev.TaskAssigned) -> ev.TaskCompleted:
         worker_id="w",
         started_at=now,
         finished_at=now,
+        usage=usage or ev.Usage(),
     )
 
 
-def accepted(task: ev.TaskAssigned) -> ev.TaskEvaluated:
+def accepted(task: ev.TaskAssigned, usage: ev.Usage | None = None) -> ev.TaskEvaluated:
     return ev.TaskEvaluated(
         envelope=ev.Envelope(goal_id=task.goal_id),
         task_id=task.task_id,
@@ -96,6 +98,7 @@ def accepted(task: ev.TaskAssigned) -> ev.TaskEvaluated:
         decision="accept",
         confidence=1.0,
         reason="ok",
+        usage=usage or ev.Usage(),
     )
 
 
@@ -136,6 +139,41 @@ def test_a_batch_of_another_planner_takes_the_goal_over(conn: Conn, planner: Pla
     # Back with the first planner, which kept the second step as not yet sent.
     ended = batch(conn, planner, [completed(second), accepted(second)])
     assert [type(e) for e in ended] == [ev.GoalCompleted]
+
+
+def test_tokens_charged_in_a_batch_count_at_once_and_keep_the_plan(
+    conn: Conn, planner: Planner
+) -> None:
+    first = started(conn, planner, max_tokens=100)
+    assert batch(conn, planner, [completed(first, ev.Usage(input_tokens=60))]) == []
+    # Still kept after a charge: a write behind the planner's back goes unseen.
+    back_to_dispatched(conn, first, as_a_writer=False)
+    # The verdict's tokens, charged in this batch, stop the second step before it is sent.
+    ended = batch(conn, planner, [accepted(first, ev.Usage(output_tokens=50, cost_usd=0.01))])
+    assert [(type(e), getattr(e, "category", None)) for e in ended] == [
+        (ev.GoalFailed, "budget_tokens")
+    ]
+    assert charged(conn, first.goal_id) == (60, 50, pytest.approx(0.01), 2)
+
+
+def test_a_goal_charged_twice_in_one_batch_is_charged_the_sum(conn: Conn, planner: Planner) -> None:
+    first = started(conn, planner)
+    tool, judge = ev.Usage(input_tokens=7, cost_usd=0.25), ev.Usage(output_tokens=5, cost_usd=0.5)
+    out = batch(conn, planner, [completed(first, tool), accepted(first, judge)])
+    assert dispatched_steps(out) == ["s1"]
+    assert charged(conn, first.goal_id) == (7, 5, pytest.approx(0.75), 2)
+
+
+def charged(conn: Conn, goal_id: str) -> tuple[Any, ...] | None:
+    """The goal's tokens in and out, its cost, and how many line items its usage log holds."""
+    row = conn.execute(
+        "select input_tokens, output_tokens, cost_usd, "
+        "(select count(*) from usage_log u where u.goal_id = g.goal_id) "
+        "from goals g where goal_id = %s",
+        (goal_id,),
+    ).fetchone()
+    conn.commit()
+    return row
 
 
 def test_an_outcome_recorded_outside_a_batch_counts_a_revision(
