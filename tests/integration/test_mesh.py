@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
 import redis
 
+from agents import events as ev
 from agents.client import MeshClient
 from agents.demo import onboarding_input
 from agents.history import goal_history
 from agents.runtime.settings import MeshSettings
-from tests.mesh_support import ledger_rows, running_mesh, steps_input
+from tests.mesh_support import ledger_rows, running_mesh, steps_input, wait_groups
+from tests.support import assert_eventually
+from topics.catalogue import spec_for
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +204,69 @@ def test_a_goal_runs_in_one_trace_across_processes(
     assert "timer retry" in {s["name"] for s in mine}
     tools = [s for s in mine if s["name"] == "tool flaky"]
     assert len(tools) == 2, [s["name"] for s in mine]  # both attempts, the timer's one included
+
+
+def test_goals_handed_between_two_planners_and_back_finish_each_step_once(
+    mesh_settings: MeshSettings, tmp_path: Path
+) -> None:
+    """A second planner joins while goals run and leaves again: the goals whose results went to
+    it and came back are read again by the first planner (its kept plans of them are stale),
+    and every step runs once. Goal ids are chosen so every results partition has one, whichever
+    of them the group hands over."""
+    steps = [
+        {
+            "id": f"s{n}",
+            "tool": "pause",
+            "arguments": {"seconds": 0.4, "label": str(n)},
+            "depends_on": [f"s{n - 1}"] if n else [],
+        }
+        for n in range(20)
+    ]
+    with (
+        running_mesh(mesh_settings, tmp_path) as fleet,
+        MeshClient(mesh_settings) as client,
+    ):
+        handles = [
+            client.submit(f"relay {n}", input=steps_input(*steps), max_steps=20, goal_id=goal_id)
+            for n, goal_id in enumerate(_one_goal_id_per_results_partition())
+        ]
+        ids = [h.goal_id for h in handles]
+        second = fleet.add("planner-2", "planner")
+        second.start()
+        wait_groups(mesh_settings, {"planner": 2})
+        # The second planner has taken over some goals' results, and so their plans.
+        kept_by = "select count(distinct kept_by) from goals where goal_id = any(%s)"
+        assert_eventually(
+            lambda: ledger_rows(mesh_settings, kept_by, (ids,))[0][0] >= 2,
+            timeout=30,
+            what="the second planner keeping some goals",
+        )
+        before = dict(ledger_rows(mesh_settings, _KEPT_BY, (ids,)))
+        second.stop()
+        finals = [h.wait(90) for h in handles]
+        after = dict(ledger_rows(mesh_settings, _KEPT_BY, (ids,)))
+    assert [f.status for f in finals] == ["completed"] * len(handles), finals
+    attempts = ledger_rows(
+        mesh_settings,
+        "select t.status, t.attempt, count(a.*) from tasks t join attempts a using (task_id) "
+        "where t.goal_id = any(%s) group by t.task_id, t.status, t.attempt",
+        (ids,),
+    )
+    assert len(attempts) == len(steps) * len(handles)
+    assert set(attempts) == {("succeeded", 1, 1)}
+    # Some goal the second planner kept went back to the first, which took its plan over.
+    assert any(after[g] != before[g] for g in ids), (before, after)
+
+
+_KEPT_BY = "select goal_id, kept_by from goals where goal_id = any(%s)"
+
+
+def _one_goal_id_per_results_partition() -> list[str]:
+    """Goal ids whose records land on each partition of the results topic once (librdkafka's
+    default partitioner: CRC-32 of the key, modulo the partition count)."""
+    partitions = spec_for("results").partitions
+    ids: dict[int, str] = {}
+    while len(ids) < partitions:
+        goal_id = ev.new_id()
+        ids.setdefault(zlib.crc32(goal_id.encode()) % partitions, goal_id)
+    return list(ids.values())
