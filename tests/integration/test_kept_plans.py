@@ -2,7 +2,7 @@
 used by the next batch only while no other transaction has locked the goal since, and a failed
 batch forgets them. The planner runs in-process; the test plays workers and evaluator.
 
-Each case ends on a verdict for the chain's first step: the planner dispatches the second step
+Most cases end on a verdict for the chain's first step: the planner dispatches the second step
 when, as far as it knows, the first was waiting for that verdict, and does nothing otherwise. So
 what it sends tells which version of the first step it believed."""
 
