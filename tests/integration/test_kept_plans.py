@@ -1,6 +1,7 @@
 """The planner's kept plans on the real ledger: a goal's tasks as the last batch left them are
-used by the next batch only while no other transaction has locked the goal since, and a failed
-batch forgets them. The planner runs in-process; the test plays workers and evaluator.
+used by the next batch only while neither another planner's batch nor a change outside a batch
+snapshot has come between, tokens charged in a batch count at once, and a failed batch forgets
+them. The planner runs in-process; the test plays workers and evaluator.
 
 Most cases end on a verdict for the chain's first step: the planner dispatches the second step
 when, as far as it knows, the first was waiting for that verdict, and does nothing otherwise. So
