@@ -22,7 +22,15 @@ from psycopg_pool import ConnectionPool
 from agents import jsontext
 from agents.events import Event
 from agents.ledger.db import Connection, columns
-from agents.runtime.consumer import Delivery, Item, RuntimeHandle, consumer_span, log_fields
+from agents.runtime.consumer import (
+    Delivery,
+    Item,
+    RuntimeHandle,
+    SpanName,
+    consumer_span,
+    log_fields,
+    record_span,
+)
 from agents.runtime.crash import crashpoint
 from agents.runtime.errors import Category, PermanentError, TransientError
 from agents.runtime.logs import bind
@@ -57,8 +65,10 @@ class LedgerSink:
         handlers: Mapping[type[Event], LedgerHandler],
         on_refused: Refusal | None = None,
         hooks: LedgerHooks | None = None,
+        span_name: SpanName | None = None,
     ) -> None:
         self._on_refused = on_refused
+        self._span_name = span_name
         self._hooks = hooks
         # Outbox rows the broker has: deleted in the next batch's transaction (or by ``settle``),
         # which saves a commit per batch. Until then the sweeper leaves them alone (it takes
@@ -180,7 +190,7 @@ class LedgerSink:
         handler = self._handlers[type(item.event)]
         with (
             bind(**log_fields(item.event)),
-            consumer_span(item),
+            record_span(item, self._span_name),
         ):
             return [publisher.prepare(e) for e in handler(item.event, item.delivery, conn)]
 

@@ -42,7 +42,7 @@ from agents.planner import ledger as L  # noqa: N812 - the ledger queries read b
 from agents.planner.decide import GoalRow, TaskRow
 from agents.planner.plan import resolve_arguments, validate_plan
 from agents.planner.snapshot import Kept, Snapshot
-from agents.runtime.consumer import Delivery
+from agents.runtime.consumer import Delivery, Item, process_span
 from agents.runtime.telemetry import Headers, inject, tracer
 from agents.tools.base import HUMAN_RETRY, Registry
 
@@ -158,6 +158,14 @@ class Planner:
             ev.TaskEvaluated: self.on_verdict,
             ev.EscalationResolved: self.on_resolved,
         }
+
+    def span_name(self, item: Item) -> str | None:
+        """A worker's outcome is recorded without a span of the planner's: it decides and sends
+        nothing (the verdict on it does), and the evaluator's span of the same record places it
+        in the goal's trace. Every other event is handled in its ``process <topic>`` span."""
+        if isinstance(item.event, ev.TaskCompleted | ev.TaskFailed):
+            return None
+        return process_span(item)
 
     # -- goals -------------------------------------------------------------------------------
 

@@ -119,6 +119,7 @@ def run(settings: MeshSettings) -> int:
         handlers=planner.handlers(),
         on_refused=planner.on_refused,
         hooks=planner,
+        span_name=planner.span_name,
     )
     runtime = app.consumer(
         roles=ROLES,

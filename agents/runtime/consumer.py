@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -70,6 +70,10 @@ class Delivery:
 
 
 Handler = Callable[[Any, Delivery], Iterable[Event]]
+SpanName = Callable[["Item"], str | None]
+"""The name of the span a sink handles a record in, or None to handle it without a span of its
+own (for events whose handling decides and sends nothing; a span costs as much as the rest of a
+record's handling). Without one, every record has its ``process_span`` name."""
 
 
 @dataclass
@@ -324,8 +328,10 @@ class HandlerSink:
         concurrency: int = 1,
         hooks: BatchHooks | None = None,
         inline: Callable[[Event], bool] = lambda event: False,
+        span_name: SpanName | None = None,
     ) -> None:
         self._handlers = dict(handlers)
+        self._span_name = span_name
         self.accepts = frozenset(self._handlers)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
         self._hooks = hooks
@@ -375,7 +381,7 @@ class HandlerSink:
         attempt = 1
         while True:
             try:
-                with consumer_span(item):
+                with record_span(item, self._span_name):
                     for out in handler(item.event, item.delivery):
                         runtime.publisher.publish(out)
                 return item.delivery
@@ -398,12 +404,26 @@ class HandlerSink:
                 return item.delivery
 
 
-def consumer_span(item: Item) -> AbstractContextManager[object]:
-    """The consumer span of one record, continuing the trace its producer started (the tracer's
-    own context manager: a generator around it cost a tenth of the span)."""
+def record_span(item: Item, span_name: SpanName | None) -> AbstractContextManager[object]:
+    """The span a sink handles ``item`` in: its consumer span, named by ``span_name`` when the
+    sink has one, or none at all when that says so."""
+    if span_name is None:
+        return consumer_span(item)
+    name = span_name(item)
+    return nullcontext() if name is None else consumer_span(item, name)
+
+
+def process_span(item: Item) -> str:
+    """A record's span name unless its sink names it otherwise."""
+    return f"process {item.delivery.topic}"
+
+
+def consumer_span(item: Item, name: str | None = None) -> AbstractContextManager[object]:
+    """The consumer span of one record (``process_span`` unless named), continuing the trace its
+    producer started (the tracer's own context manager: a generator around it cost a tenth of
+    the span)."""
     delivery, event = item.delivery, item.event
     context = extract(delivery.headers)
-    name = f"process {delivery.topic}"
     attributes: dict[str, str | int] = {
         "messaging.system": "kafka",
         "messaging.operation.type": "process",
@@ -413,8 +433,16 @@ def consumer_span(item: Item) -> AbstractContextManager[object]:
         "mesh.event.type": event.schema_name,
         "mesh.goal_id": event.goal_id,
     }
+    task_id, attempt = getattr(event, "task_id", None), getattr(event, "attempt", None)
+    if task_id:
+        attributes["mesh.task_id"] = task_id
+    if attempt is not None:
+        attributes["mesh.attempt"] = attempt
     return tracer.start_as_current_span(
-        name, context=context, kind=SpanKind.CONSUMER, attributes=attributes
+        name or process_span(item),
+        context=context,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
     )
 
 

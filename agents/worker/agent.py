@@ -23,14 +23,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from pydantic import BaseModel
 
 from agents import events as ev
 from agents.ledger.db import remember
-from agents.runtime.consumer import Delivery
+from agents.runtime.consumer import Delivery, Item
 from agents.runtime.crash import crashpoint
 from agents.runtime.shortlived import CancelFlags, Lease, Leases, RateLimiter, ReplayCache
-from agents.runtime.telemetry import tracer
 from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,15 @@ class Worker:
     def serves(self, pool: str) -> bool:
         return not self._pools or pool in self._pools
 
+    def span_name(self, item: Item) -> str | None:
+        """A task's record is handled in its tool call's span (``tool <name>``), which is the
+        record's consumer span too: a child span for the call alone cost as much as the rest of
+        the record's tracing. Another pool's task, passed over, has none."""
+        event = item.event
+        if isinstance(event, ev.TaskAssigned) and self.serves(event.pool):
+            return f"tool {event.tool}"
+        return None
+
     def runs_inline(self, event: ev.Event) -> bool:
         """Whether handling ``event`` never waits: another pool's task, or an inline tool
         without a rate limit (see ``Tool.inline``). The sink runs these on its own thread."""
@@ -164,8 +174,9 @@ class Worker:
             done = batch.stored.get(key)
         else:
             done = self._replay.recall("outcome", event.task_id, event.attempt)
-        if done is not None:
-            return [done]  # this attempt already ran: send the same outcome again
+        if done is not None:  # this attempt already ran: send the same outcome again
+            trace.get_current_span().set_attribute("mesh.replayed", True)
+            return [done]
         outcome = self._run(event, batch)
         if batch is not None:
             batch.outcomes.append((key, outcome))
@@ -208,17 +219,11 @@ class Worker:
             self._limiter.wait_turn(tool.name, tool.rate_limit_per_s)
         context = self._context(event)
         future = None if tool.inline else self._calls.submit(tool.run, args, context)
-        attributes: dict[str, str | int] = {
-            "mesh.goal_id": event.goal_id,
-            "mesh.task_id": event.task_id,
-            "mesh.attempt": event.attempt,
-        }
         try:
-            with tracer.start_as_current_span(f"tool {tool.name}", attributes=attributes):
-                if future is None:
-                    result = tool.run(args, context)
-                else:
-                    result = future.result(timeout=event.timeout_s or tool.timeout_s)
+            if future is None:
+                result = tool.run(args, context)
+            else:
+                result = future.result(timeout=event.timeout_s or tool.timeout_s)
         except FutureTimeout as exc:
             raise ToolTimeoutError(
                 f"{tool.name} did not finish within {event.timeout_s:g}s"
@@ -275,6 +280,9 @@ class Worker:
         log.info(
             "task %s attempt %d failed: %s: %s", event.task_id, event.attempt, exc.category, exc
         )
+        span = trace.get_current_span()  # the tool call's (``span_name``)
+        span.record_exception(exc)
+        span.set_status(StatusCode.ERROR, f"{exc.category}: {exc}")
         return ev.TaskFailed(
             envelope=self._envelope(event),
             task_id=event.task_id,

@@ -38,6 +38,7 @@ def run(
         concurrency=parallel,
         hooks=worker,
         inline=worker.runs_inline,
+        span_name=worker.span_name,
     )
     # Workers of the same pools share one group; each pool set reads the tasks topic on its own.
     suffix = "-" + "-".join(sorted(pools)) if pools else "-all"

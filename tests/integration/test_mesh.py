@@ -182,6 +182,9 @@ def test_flushing_redis_mid_run_loses_and_duplicates_nothing(
         assert effects(mesh_settings, name, tmp_path / "sandbox") == ONCE
 
 
+OUTCOME_TYPES = ("mesh.TaskCompleted", "mesh.TaskFailed")
+
+
 def test_a_goal_runs_in_one_trace_across_processes(
     mesh_settings: MeshSettings, tmp_path: Path
 ) -> None:
@@ -204,6 +207,15 @@ def test_a_goal_runs_in_one_trace_across_processes(
     assert "timer retry" in {s["name"] for s in mine}
     tools = [s for s in mine if s["name"] == "tool flaky"]
     assert len(tools) == 2, [s["name"] for s in mine]  # both attempts, the timer's one included
+    by_attempt = {s["attributes"]["mesh.attempt"]: s for s in tools}
+    assert by_attempt[1]["status"]["status_code"] == "ERROR"
+    assert by_attempt[2]["status"]["status_code"] != "ERROR"
+    # A tool call's span is its record's consumer span, and the outcome it sent is judged in a
+    # child of it; the planner records outcomes without a span of its own.
+    outcomes = [s for s in mine if s["attributes"].get("mesh.event.type") in OUTCOME_TYPES]
+    tool_spans = {s["context"]["span_id"] for s in mine if s["name"].startswith("tool ")}
+    assert outcomes and all(s["parent_id"] in tool_spans for s in outcomes)
+    assert {s["resource"]["attributes"]["service.name"] for s in outcomes} == {"mesh-evaluator"}
 
 
 def test_goals_handed_between_two_planners_and_back_finish_each_step_once(
