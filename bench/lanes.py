@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES, Deadline, Window, offered
 from bench.model import LaneRun, ProcessUsage
 from bench.procs import InfraUsage, self_usage, since, usage
+from bench.profile import sampling
 from schemas.codec import Codec
 from topics.admin import delete_topics, drop, ensure
 
@@ -261,9 +263,11 @@ def run_mesh(
     trace_ratio: float | None = None,
     rate: float | None = None,
     relays: bool = False,
+    profile: tuple[str, Path] | None = None,
 ) -> LaneRun:
     """The real planner, workers and evaluator processes, ledger and all; tools are instant.
     Every goal is traced, or (``trace_ratio``) that share of goals, as under load in production.
+    ``profile``: a process's name and a file for py-spy's samples of it while goals run.
 
     With ``relays`` this is R2: R1's Avro relays stand in for the worker and the evaluator, so
     what is added to R1 is the planner with its ledger (inbox, batch snapshot, set-wise writes,
@@ -300,21 +304,32 @@ def run_mesh(
             _wait_for_groups(
                 settings, {group_id(settings.topic_prefix, g): n for g, n in groups.items()}
             )
-            return _drive_mesh(
-                settings,
-                fleet,
-                lane=lane,
-                shape=shape,
-                goals=goals,
-                in_flight=in_flight,
-                rate=rate,
-                extra=stand_ins,
-                groups=[group_id(settings.topic_prefix, g) for g in groups],
-            )
+            with _profiled(fleet, profile):
+                return _drive_mesh(
+                    settings,
+                    fleet,
+                    lane=lane,
+                    shape=shape,
+                    goals=goals,
+                    in_flight=in_flight,
+                    rate=rate,
+                    extra=stand_ins,
+                    groups=[group_id(settings.topic_prefix, g) for g in groups],
+                )
     finally:
         _stop(list(stand_ins.values()))
         drop(settings)
         _forget_goals(settings)
+
+
+def _profiled(fleet: Fleet, profile: tuple[str, Path] | None) -> AbstractContextManager[None]:
+    """py-spy sampling the named member while the block runs (``profile``), or nothing."""
+    if profile is None:
+        return nullcontext()
+    name, raw = profile
+    member = next(m for m in fleet.members if m.name == name)
+    assert member.proc is not None  # started with the fleet
+    return sampling(member.proc.pid, raw)
 
 
 def _forget_goals(settings: MeshSettings) -> None:

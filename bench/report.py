@@ -53,18 +53,18 @@ def _ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
-def _find(runs: list[LaneRun], lane: str, shape: str, single: bool) -> LaneRun | None:
+def find_run(runs: list[LaneRun], lane: str, shape: str, single: bool) -> LaneRun | None:
     for r in runs:
         if (
             r.lane == lane
             and r.shape == shape
-            and (r.load == "single" if single else _saturation(r))
+            and (r.load == "single" if single else saturation(r))
         ):
             return r
     return None
 
 
-def _saturation(run: LaneRun) -> bool:
+def saturation(run: LaneRun) -> bool:
     """A run of the main series at saturation (not offered a rate, not a scaling run)."""
     return run.series == "main" and run.load != "single"
 
@@ -86,12 +86,12 @@ def ratios(runs: list[LaneRun]) -> dict[str, Any]:
 
 
 def _ratios_of(runs: list[LaneRun], mesh: str, shape: str) -> dict[str, float]:
-    m_sat, m_one = _find(runs, mesh, shape, False), _find(runs, mesh, shape, True)
+    m_sat, m_one = find_run(runs, mesh, shape, False), find_run(runs, mesh, shape, True)
     if m_sat is None or m_one is None:
         return {}
     row: dict[str, float] = {}
     for other in ("R0", "celery", "dbos"):
-        sat, one = _find(runs, other, shape, False), _find(runs, other, shape, True)
+        sat, one = find_run(runs, other, shape, False), find_run(runs, other, shape, True)
         if sat is not None:
             row[f"{mesh}/{other} throughput"] = ratio(m_sat.tasks_per_s, sat.tasks_per_s)
         if one is not None:
@@ -112,7 +112,7 @@ def render_png(runs: list[LaneRun], path: Path) -> None:
     except ImportError:
         print("bench: matplotlib is not installed (pip install .[bench]); no plot")
         return
-    saturated = [r for r in runs if _saturation(r)]
+    saturated = [r for r in runs if saturation(r)]
     labels = [f"{r.lane}\n{r.shape}" for r in saturated]
     fig, ax = plt.subplots(figsize=(max(6, len(labels) * 0.9), 4))
     ax.bar(labels, [r.tasks_per_s for r in saturated], color="#4c72b0")

@@ -29,8 +29,10 @@ from bench.driver import SHAPES
 from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
 from bench.procs import speed_probe
-from bench.report import ratios, render_png, stage_table, table
+from bench.profile import Profile, summarise
+from bench.report import find_run, ratios, render_png, stage_table, table
 from bench.stats import percentile
+from bench.targets import BENCH_CLIENT, render, targets
 from topics.catalogue import CATALOGUE
 
 
@@ -118,7 +120,7 @@ def _peers(settings: MeshSettings) -> dict[str, Lane]:
     return peers
 
 
-def run(plan: Plan, out: Path, settings: MeshSettings) -> list[LaneRun]:
+def run(plan: Plan, out: Path, settings: MeshSettings) -> tuple[list[LaneRun], Profile | None]:
     lanes = {k: v for k, v in _lanes(settings, out / "logs").items() if k not in plan.skip}
     _warm_up(plan, lanes["R0"])
     runs: list[LaneRun] = []
@@ -157,7 +159,25 @@ def run(plan: Plan, out: Path, settings: MeshSettings) -> list[LaneRun]:
                 in_flight=plan.in_flight,
             )
         )
-    return runs
+    return runs, _profile_hottest(plan, lanes["M"], runs, out)
+
+
+def _profile_hottest(plan: Plan, lane: Lane, runs: list[LaneRun], out: Path) -> Profile | None:
+    """The mesh's chains at saturation once more, with py-spy sampling the process that spent
+    the most CPU in the measured run (not itself measured: sampling slows it a little)."""
+    measured = find_run(runs, "M", "chain", single=False)
+    own = [
+        p
+        for p in (measured.processes if measured else [])
+        if p.role == "lane" and p.name != BENCH_CLIENT
+    ]
+    if not own:
+        return None
+    hottest = max(own, key=lambda p: p.cpu_s).name
+    raw = out / f"profile-{hottest}.txt"
+    kw = {"shape": "chain", "goals": plan.saturation_goals["chain"], "in_flight": plan.in_flight}
+    _one("M", lane, series="profile", note=f"py-spy on {hottest}", profile=(hottest, raw), **kw)
+    return summarise(hottest, raw.read_text()) if raw.is_file() else None
 
 
 def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
@@ -253,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     check_all(settings)
     foreign = foreign_partitions(settings)
     inbox = inbox_rows(settings)
-    runs = run(QUICK if args.quick else FULL, args.out, settings)
+    runs, profile = run(QUICK if args.quick else FULL, args.out, settings)
     summary = ratios(runs)
+    goals = targets(runs)
     print(table(runs))
     print(stage_table(runs))
     print(json.dumps(summary, indent=2))
+    print(render(goals))
+    if profile is not None:
+        print(profile.render())
     machine = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -268,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         "inbox_rows": inbox,
         "speed_probe_ms": probe_range(runs),
     }
-    document = {"machine": machine, "ratios": summary, "runs": [r.as_json() for r in runs]}
+    document = {
+        "machine": machine,
+        "ratios": summary,
+        "targets": [t.as_json() for t in goals],
+        "profile": profile.as_json() if profile is not None else None,
+        "runs": [r.as_json() for r in runs],
+    }
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
     render_png(runs, args.out / "results.png")
     print(f"bench: wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
