@@ -137,8 +137,7 @@ class LedgerSink:
             try:
                 with conn.pipeline():
                     conn.execute("begin")
-                    forget(conn, delivered)
-                    inbox = self._claim(conn, items)
+                    inbox = self._claim(conn, items, delivered)
                     if self._hooks is not None:
                         self._hooks.before_batch(conn, [item.event for item in items])
                     fresh = self._fresh(inbox, items)
@@ -158,8 +157,7 @@ class LedgerSink:
         """The batch again, each record in a savepoint of its own and without the hooks' batch
         reads, so the records that fail are refused and the others go through."""
         with self._pool.connection() as conn, conn.transaction():
-            forget(conn, delivered)
-            fresh = self._fresh(self._claim(conn, items), items)
+            fresh = self._fresh(self._claim(conn, items, delivered), items)
             records, refused = self._one_by_one(fresh, conn, publisher)
             return store(conn, records), refused
 
@@ -167,12 +165,17 @@ class LedgerSink:
         if self._hooks is not None:
             self._hooks.after_batch(completed)
 
-    def _claim(self, conn: Connection, items: Sequence[Item]) -> psycopg.Cursor[Any]:
-        """Record the batch's event ids in the inbox; the cursor returns those seen first now."""
+    def _claim(
+        self, conn: Connection, items: Sequence[Item], delivered: Sequence[int]
+    ) -> psycopg.Cursor[Any]:
+        """Record the batch's event ids in the inbox, and delete the outbox rows ``delivered``
+        (one statement: each costs the batch 30-70 µs of psycopg's Python, however few rows it
+        carries); the cursor returns the event ids seen first now."""
         return conn.execute(
+            "with gone as (delete from outbox where id = any(%b::bigint[])) "
             "insert into inbox (consumer, event_id) select %s, unnest(%b::text[]) "
             "on conflict do nothing returning event_id",
-            (self._consumer, [item.event.event_id for item in items]),
+            (list(delivered), self._consumer, [item.event.event_id for item in items]),
         )
 
     def _fresh(self, inbox: psycopg.Cursor[Any], items: Sequence[Item]) -> list[Item]:

@@ -93,6 +93,47 @@ def test_a_redelivered_event_changes_nothing_the_second_time(
     assert pending == [(0,)]  # relayed, then deleted
 
 
+def test_a_busy_sink_deletes_what_it_relayed_in_its_next_batch(
+    mesh_settings: MeshSettings, pool: ConnectionPool, publisher: Publisher
+) -> None:
+    def handle(event: ev.GoalCancelled, delivery: Delivery, conn: Connection) -> list[ev.Event]:
+        return [
+            ev.GoalFailed(envelope=ev.Envelope(goal_id=event.goal_id), category="x", message="y")
+        ]
+
+    def outbox_rows() -> list[tuple[Any, ...]]:
+        return ledger_rows(
+            mesh_settings,
+            "select key from outbox where topic like %s order by id",
+            (f"{mesh_settings.topic_prefix}%",),
+        )
+
+    sink = LedgerSink(pool=pool, consumer=unique("c-"), handlers={ev.GoalCancelled: handle})
+    runtime = ConsumerRuntime(
+        settings=mesh_settings,
+        codec=Codec(),
+        publisher=publisher,
+        group_id=unique("g-"),
+        roles=("goals",),
+        sink=sink,
+        client_id="test-ledger",
+    )
+    try:
+        for n, goal_id in enumerate([unique("goal-") for _ in range(2)], start=1):
+            publisher.publish(ev.GoalCancelled(envelope=ev.Envelope(goal_id=goal_id)))
+            publisher.flush()
+
+            def relayed(n: int = n) -> bool:
+                return runtime.poll_batch(0.2) >= 0 and len(read_all(mesh_settings, "results")) >= n
+
+            assert_eventually(relayed, timeout=30)
+            # A batch's records are relayed after its commit; their rows go in the next batch.
+            assert outbox_rows() == [(goal_id.encode(),)]
+    finally:
+        runtime.close()  # idle: deleted now
+    assert outbox_rows() == []
+
+
 def test_the_sweeper_sends_what_a_dead_writer_left_in_the_outbox(
     mesh_settings: MeshSettings, pool: ConnectionPool, publisher: Publisher
 ) -> None:
