@@ -142,11 +142,7 @@ class Evaluator:
         verdict = self._verdict(event, judgement, judged.usage)
         # On the judged record's span: a span of its own per verdict cost as much again.
         trace.get_current_span().set_attributes(
-            {
-                "mesh.task_id": event.task_id,
-                "mesh.decision": verdict.decision,
-                "mesh.confidence": verdict.confidence,
-            }
+            {"mesh.decision": verdict.decision, "mesh.confidence": verdict.confidence}
         )
         return [verdict]
 
