@@ -45,6 +45,17 @@ def stage_table(runs: list[LaneRun]) -> str:
     return "\n".join(lines)
 
 
+def process_table(runs: list[LaneRun]) -> str:
+    """CPU per task of every process in the runs at saturation, in µs (the lane's own processes
+    first, then the broker, database and cache), so the report says which process to profile."""
+    lines = []
+    for r in (r for r in runs if saturation(r) and r.tasks):
+        ordered = sorted(r.processes, key=lambda p: (p.role != "lane", -p.cpu_s))
+        cells = ", ".join(f"{p.name} {p.cpu_s / r.tasks * 1e6:,.0f}" for p in ordered)
+        lines.append(f"{r.lane:<7}{r.shape:<7}µs/task: {cells}")
+    return "\n".join(lines)
+
+
 def _p50_p99(values: list[float]) -> str:
     return f"{_ms(percentile(values, 50))} / {_ms(percentile(values, 99))}"
 

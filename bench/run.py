@@ -30,7 +30,7 @@ from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun
 from bench.procs import speed_probe
 from bench.profile import Profile, summarise
-from bench.report import find_run, ratios, render_png, stage_table, table
+from bench.report import find_run, process_table, ratios, render_png, stage_table, table
 from bench.stats import percentile
 from bench.targets import BENCH_CLIENT, render, targets
 from topics.catalogue import CATALOGUE
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     goals = targets(runs)
     print(table(runs))
     print(stage_table(runs))
+    print(process_table(runs))
     print(json.dumps(summary, indent=2))
     print(render(goals))
     if profile is not None:

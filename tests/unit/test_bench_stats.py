@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bench.model import LaneRun, ProcessUsage
-from bench.report import ratios, stage_table
+from bench.report import process_table, ratios, stage_table
 from bench.run import FULL, _warm_up
 from bench.stats import percentile, ratio, summary
 
@@ -106,3 +106,15 @@ def test_the_warm_up_runs_until_two_runs_in_a_row_agree(rates: list[int], expect
 
     _warm_up(FULL, lane)
     assert len(made) == expected
+
+
+def test_process_table_gives_each_process_cpu_per_task_lane_first() -> None:
+    processes = [
+        ProcessUsage("kafka", 0.9, 100.0, "infra"),
+        ProcessUsage("worker-1", 0.2, 50.0),
+        ProcessUsage("planner", 0.5, 50.0),
+    ]
+    saturated = LaneRun("M", "chain", 10, 1000, "in_flight:200", 2.0, processes=processes)
+    single = LaneRun("M", "chain", 1, 6, "single", 1.0, processes=processes)
+    (line,) = process_table([saturated, single]).splitlines()
+    assert line.endswith("µs/task: planner 500, worker-1 200, kafka 900")
