@@ -3,6 +3,7 @@ ledger pool, Redis, signals, and a clean stop (finish the batch in hand, flush, 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -26,6 +27,20 @@ from agents.tools.base import ToolResources
 from schemas.codec import Codec
 
 log = logging.getLogger(__name__)
+
+# The cyclic garbage collector's thresholds in an agent process (Python's are 700, 10, 10). A busy
+# role makes thousands of short-lived containers a second (events, rows, spans) that reference
+# counting frees; at the defaults the collector still ran after every 700 net allocations and
+# now and then scanned the whole heap, kept plans and caches included: 14% of a planner's CPU
+# at saturation. After 50,000 the cyclic leftovers it waits for stay within about ten megabytes.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_collector() -> None:
+    """Set ``GC_THRESHOLDS``, and leave what start-up built (modules, schemas, clients: alive as
+    long as the process) out of every later collection."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def group_id(topic_prefix: str, name: str) -> str:
@@ -114,6 +129,7 @@ class AgentApp:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("%s %s running", self.role, self.client_id)
+        tune_collector()
         try:
             runtime.run()
         finally:
