@@ -65,9 +65,11 @@ def _ms(seconds: float) -> str:
 
 
 def find_run(runs: list[LaneRun], lane: str, shape: str, single: bool) -> LaneRun | None:
+    """The lane's run at one goal in flight (``single``) or at saturation; not a failed one."""
     for r in runs:
         if (
-            r.lane == lane
+            r.tasks > 0
+            and r.lane == lane
             and r.shape == shape
             and (r.load == "single" if single else saturation(r))
         ):

@@ -27,7 +27,7 @@ from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
 from bench.driver import SHAPES
 from bench.lanes import run_mesh, run_raw
-from bench.model import LaneRun
+from bench.model import LaneRun, load_label
 from bench.procs import speed_probe
 from bench.profile import Profile, summarise
 from bench.report import find_run, process_table, ratios, render_png, stage_table, table
@@ -188,7 +188,9 @@ def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
 def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> list[LaneRun]:
     """Chains offered at shares of R0's saturation rate: each run offers goals for about
     RATE_RUN_S seconds (at most RATE_GOALS_MAX) and waits for all of them."""
-    runs = []
+    runs: list[LaneRun] = []
+    if ceiling <= 0:  # R0 failed: no rates to offer
+        return runs
     for share in plan.rates:
         rate = share * ceiling
         goals = int(rate / SHAPES["chain"] * RATE_RUN_S)
@@ -248,7 +250,12 @@ def _one(name: str, lane: Lane, *, series: str = "main", note: str = "", **kw: A
     began = time.monotonic()
     print(f"bench: {name} {kw} ...", file=sys.stderr, flush=True)
     probe = speed_probe()
-    result = lane(**kw)
+    try:
+        result = lane(**kw)
+    except Exception as exc:  # noqa: BLE001 - a lane that breaks is reported; the others run
+        print(f"bench: {name} failed: {exc!r}", file=sys.stderr, flush=True)
+        load = load_label(kw.get("in_flight", 1), kw.get("rate"))
+        result = LaneRun(name, kw["shape"], kw["goals"], 0, load, 0.0, notes=f"failed: {exc!r}")
     result.series = series
     result.probe_ms = probe
     if note:

@@ -8,7 +8,7 @@ import pytest
 
 from bench.model import LaneRun, ProcessUsage
 from bench.report import process_table, ratios, stage_table
-from bench.run import FULL, _warm_up
+from bench.run import FULL, _one, _warm_up
 from bench.stats import percentile, ratio, summary
 
 pytestmark = pytest.mark.unit
@@ -118,3 +118,15 @@ def test_process_table_gives_each_process_cpu_per_task_lane_first() -> None:
     single = LaneRun("M", "chain", 1, 6, "single", 1.0, processes=processes)
     (line,) = process_table([saturated, single]).splitlines()
     assert line.endswith("µs/task: planner 500, worker-1 200, kafka 900")
+
+
+def test_a_lane_that_breaks_is_reported_and_left_out_of_the_ratios() -> None:
+    def broken(**kw: object) -> LaneRun:
+        raise TimeoutError("pool exhausted")
+
+    failed = _one("dbos", broken, shape="fanout", goals=150, in_flight=200)
+    assert failed.tasks == 0 and "pool exhausted" in failed.notes
+    assert failed.load == "in_flight:200"
+    mesh = LaneRun("M", "fanout", 150, 3000, "in_flight:200", wall_s=1.0)
+    single = LaneRun("M", "fanout", 3, 60, "single", 1.0, goal_latencies_s=[0.04] * 3)
+    assert not any("dbos" in key for key in ratios([mesh, single, failed]).get("fanout", {}))
