@@ -181,8 +181,8 @@ def _profile_hottest(plan: Plan, lane: Lane, runs: list[LaneRun], out: Path) -> 
 
 
 def _saturated(runs: list[LaneRun], lane: str, shape: str) -> float:
-    found = [r for r in runs if r.lane == lane and r.shape == shape and r.load.startswith("in_")]
-    return found[0].tasks_per_s if found else 0.0
+    found = find_run(runs, lane, shape, single=False)
+    return found.tasks_per_s if found is not None else 0.0
 
 
 def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> list[LaneRun]:
