@@ -51,8 +51,9 @@ class LaneRun:
     def tasks_per_s(self) -> float:
         return self.tasks / self.wall_s if self.wall_s > 0 else 0.0
 
-    def lane_cpu_us_per_task(self) -> float:
-        cpu = sum(p.cpu_s for p in self.processes if p.role == "lane")
+    def lane_cpu_us_per_task(self, leave_out: str = "") -> float:
+        """CPU per task of the lane's own processes, the one named ``leave_out`` left out."""
+        cpu = sum(p.cpu_s for p in self.processes if p.role == "lane" and p.name != leave_out)
         return cpu / self.tasks * 1e6 if self.tasks else 0.0
 
     def infra_cpu_us_per_task(self) -> float:

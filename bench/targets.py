@@ -120,12 +120,7 @@ def _ovh(run: LaneRun | None, q: float) -> float:
 
 def _mesh_cpu(run: LaneRun | None) -> float:
     """CPU per task of the mesh's own processes (the bench's client left out)."""
-
-    def cpu(r: LaneRun) -> float:
-        own = sum(p.cpu_s for p in r.processes if p.role == "lane" and p.name != BENCH_CLIENT)
-        return own / r.tasks * 1e6 if r.tasks else math.nan
-
-    return _of(run, cpu)
+    return _of(run, lambda r: r.lane_cpu_us_per_task(leave_out=BENCH_CLIENT))
 
 
 def _all_cpu(run: LaneRun | None) -> float:
