@@ -29,7 +29,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,6 +59,16 @@ class Limits:
     no_progress: int = 20  # this many verdicts in a row without an accept end the goal
     escalation_ttl_s: float = 3600.0
     escalation_default: str = "abort"
+
+
+@dataclass(frozen=True)
+class Unplanned:
+    """Why a goal got no plan: a budget already spent, or the engine's error (and what the
+    engine spent on it)."""
+
+    category: str
+    message: str
+    usage: ev.Usage = field(default_factory=ev.Usage)
 
 
 class Planner:
@@ -173,38 +183,74 @@ class Planner:
         self, event: ev.GoalSubmitted, delivery: Delivery, conn: Connection
     ) -> list[ev.Event]:
         snapshot = self._snapshot
-        new = snapshot is not None and snapshot.is_new(event.goal_id)
-        kept_by = self._kept.owner if new else None  # its batch keeps its plan (``adopt``)
         trace_parent = _goal_traceparent(delivery)
-        if not L.insert_goal(conn, event, trace_parent, self.mesh, known_new=new, kept_by=kept_by):
+        if snapshot is not None and snapshot.is_new(event.goal_id):
+            return self._take_in(conn, snapshot, event, trace_parent)
+        if snapshot is not None and snapshot.holds(event.goal_id):
+            return []  # submitted again (perhaps earlier in this batch): already in hand
+        if not L.insert_goal(conn, event, trace_parent, self.mesh):
             return []  # the same goal submitted again: it is already in hand
-        goal = L.goal_row(event) if new else _locked(conn, event.goal_id)
+        goal = _locked(conn, event.goal_id)
         planned = self._plan(conn, goal, event.event_id)
         if not isinstance(planned, Planned):
             return planned
-        tasks = L.insert_plan(conn, goal, planned, self._pools)
-        if new and snapshot is not None and snapshot.is_new(goal.goal_id):
-            snapshot.adopt(_planned(goal, planned), tasks)  # what follows reads no row back
+        L.insert_plan(conn, goal, planned, self._pools)
+        return self._advance(conn, goal.goal_id, event.event_id)
+
+    def _take_in(
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        event: ev.GoalSubmitted,
+        trace_parent: str | None,
+    ) -> list[ev.Event]:
+        """A goal the ledger has not seen: planned first and then stored with its plan by the
+        batch's snapshot, with the batch's other new goals (what follows reads no row back). A
+        goal that cannot be planned is stored at once and ended."""
+        goal = L.goal_row(event)
+        proposal = self._propose(goal)
+        if not isinstance(proposal, Planned):
+            L.insert_goal(conn, event, trace_parent, self.mesh, known_new=True)
+            return self._refuse(conn, goal, event.event_id, proposal)
+        tasks = L.new_tasks(goal.goal_id, goal.plan_version + 1, proposal, self._pools)
+        intake = L.Intake(event, trace_parent, self.mesh, self._kept.owner, proposal, tasks)
+        snapshot.take_in(intake, _planned(goal))  # its batch keeps its plan (``Kept``)
+        self._charge(conn, goal.goal_id, "plan", proposal.usage)
         return self._advance(conn, goal.goal_id, event.event_id)
 
     def _plan(
         self, conn: Connection, goal: GoalRow, cause_id: str, context: str = ""
     ) -> Planned | list[ev.Event]:
-        """Ask the engine for a plan, budgets permitting; the failure events otherwise."""
+        """Ask the engine for a plan, budgets permitting, and charge the goal for it; the
+        failure events otherwise."""
+        proposal = self._propose(goal, context)
+        if not isinstance(proposal, Planned):
+            return self._refuse(conn, goal, cause_id, proposal)
+        L.add_usage(conn, goal.goal_id, "plan", proposal.usage)
+        return proposal
+
+    def _propose(self, goal: GoalRow, context: str = "") -> Planned | Unplanned:
+        """The engine's plan, budgets permitting; why there is none otherwise."""
         problem = decide.budget_problem(goal, self._clock(), counting_steps=False)
         if problem is not None:
-            return self._end(conn, goal, cause_id, category=problem[0], message=problem[1])
+            return Unplanned(*problem)
         try:
             with tracer.start_as_current_span("plan") as span:
                 span.set_attributes(
                     {"mesh.goal_id": goal.goal_id, "mesh.engine": self._engine.name}
                 )
-                planned = self._engine.plan(self._plan_request(goal, context))
+                return self._engine.plan(self._plan_request(goal, context))
         except EngineError as exc:
-            L.add_usage(conn, goal.goal_id, "plan", exc.usage)
-            return self._end(conn, goal, cause_id, category=exc.category, message=str(exc))
-        L.add_usage(conn, goal.goal_id, "plan", planned.usage)
-        return planned
+            return Unplanned(exc.category, str(exc), exc.usage)
+
+    def _refuse(
+        self, conn: Connection, goal: GoalRow, cause_id: str, unplanned: Unplanned
+    ) -> list[ev.Event]:
+        """End a goal that got no plan, charging it for what the engine spent trying."""
+        L.add_usage(conn, goal.goal_id, "plan", unplanned.usage)
+        return self._end(
+            conn, goal, cause_id, category=unplanned.category, message=unplanned.message
+        )
 
     def _plan_request(self, goal: GoalRow, context: str) -> PlanRequest:
         def validate(draft: PlanDraft) -> None:
@@ -865,18 +911,9 @@ class Planner:
         )
 
 
-def _planned(goal: GoalRow, planned: Planned) -> GoalRow:
-    """A new goal's row once its first plan is stored and the planning charged."""
-    usage = planned.usage
-    return decide.evolve(
-        goal,
-        status="running",
-        plan_version=goal.plan_version + 1,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        tokens=usage.input_tokens + usage.output_tokens,
-        cost_usd=usage.cost_usd,
-    )
+def _planned(goal: GoalRow) -> GoalRow:
+    """A new goal's row once its first plan is stored (``L.take_in``)."""
+    return decide.evolve(goal, status="running", plan_version=goal.plan_version + 1)
 
 
 def _left_effects(attempt: dict[str, Any]) -> bool:

@@ -45,36 +45,96 @@ def insert_goal(
     mesh: str,
     *,
     known_new: bool = False,
-    kept_by: str | None = None,
 ) -> bool:
     """Record a new goal; False when it is already known (a repeated submission). ``known_new``:
-    the caller knows it is not, so the answer is not waited for. ``kept_by``: the planner that
-    will keep its plan (``Kept``)."""
+    the caller knows it is not, so the answer is not waited for."""
     inserted = conn.execute(
-        "insert into goals (goal_id, text, input, status, max_steps, max_tokens, budget_usd, "
-        "deadline_at, confidence_threshold, submitted_by, trace_parent, submitted_at, "
-        "max_replans, compensation_policy, mesh, kept_by) "
-        "values (%s, %s, %s, 'planning', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "on conflict (goal_id) do nothing returning goal_id",
-        (
-            goal.goal_id,
-            goal.text,
-            Jsonb(goal.input),
-            goal.max_steps,
-            goal.max_tokens,
-            goal.budget_usd,
-            goal.deadline_at,
-            goal.confidence_threshold,
-            goal.submitted_by,
-            trace_parent,
-            goal.envelope.occurred_at,
-            goal.max_replans,
-            goal.compensation_policy,
-            mesh,
-            kept_by,
-        ),
+        _INSERT_GOAL, _goal_values(goal, trace_parent, mesh) | {"input": Jsonb(goal.input)}
     )
     return known_new or inserted.fetchone() is not None
+
+
+# The columns a goal is stored with when it is taken in (the others start at their defaults).
+_GOAL_INSERTED = (
+    "goal_id, text, input, status, plan_version, max_steps, max_tokens, budget_usd, deadline_at, "
+    "confidence_threshold, submitted_by, trace_parent, submitted_at, max_replans, "
+    "compensation_policy, mesh, kept_by"
+)
+_GOAL_TYPES = (
+    "goal_id text, text text, input jsonb, status text, plan_version int, max_steps int, "
+    "max_tokens bigint, budget_usd float8, deadline_at timestamptz, confidence_threshold float8, "
+    "submitted_by text, trace_parent text, submitted_at timestamptz, max_replans int, "
+    "compensation_policy text, mesh text, kept_by text"
+)
+assert [t.split()[0] for t in _GOAL_TYPES.split(", ")] == _GOAL_INSERTED.split(", ")
+_INSERT_GOAL = (
+    f"insert into goals ({_GOAL_INSERTED}) "  # noqa: S608 (constant columns)
+    f"values ({', '.join(f'%({c})s' for c in _GOAL_INSERTED.split(', '))}) "
+    "on conflict (goal_id) do nothing returning goal_id"
+)
+
+
+def _goal_values(
+    goal: ev.GoalSubmitted,
+    trace_parent: str | None,
+    mesh: str,
+    *,
+    planned: bool = False,
+    kept_by: str | None = None,
+) -> dict[str, Any]:
+    """The values of ``_GOAL_INSERTED``: a goal about to be planned, or one ``planned``
+    already, whose first plan is stored with it."""
+    return {
+        "goal_id": goal.goal_id,
+        "text": goal.text,
+        "input": goal.input,
+        "status": "running" if planned else "planning",
+        "plan_version": 1 if planned else 0,
+        "max_steps": goal.max_steps,
+        "max_tokens": goal.max_tokens,
+        "budget_usd": goal.budget_usd,
+        "deadline_at": goal.deadline_at,
+        "confidence_threshold": goal.confidence_threshold,
+        "submitted_by": goal.submitted_by,
+        "trace_parent": trace_parent,
+        "submitted_at": goal.envelope.occurred_at,
+        "max_replans": goal.max_replans,
+        "compensation_policy": goal.compensation_policy,
+        "mesh": mesh,
+        "kept_by": kept_by,
+    }
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A goal the ledger has not seen, planned already: stored with its first plan and its
+    tasks by ``take_in``."""
+
+    goal: ev.GoalSubmitted
+    trace_parent: str | None
+    mesh: str
+    kept_by: str | None
+    planned: Planned
+    tasks: list[TaskRow]
+
+
+def take_in(conn: Connection, intakes: Sequence[Intake]) -> None:
+    """Store new goals with their first plans and tasks, one statement however many there are
+    (a statement costs the planner 30-70 µs of psycopg's Python however few rows it carries).
+    A goal stored meanwhile by another planner makes the statement fail, and with it the batch,
+    which is then applied record by record, where that goal is a repeated submission."""
+    goals, plans, tasks = [], [], []
+    for i in intakes:
+        goal_id = i.goal.goal_id
+        goals.append(_goal_values(i.goal, i.trace_parent, i.mesh, planned=True, kept_by=i.kept_by))
+        plans.append(_plan_document(goal_id, 1, i.planned, ""))
+        tasks += _task_documents(goal_id, 1, i.tasks)
+    conn.execute(
+        f"with goal as (insert into goals ({_GOAL_INSERTED}) "  # noqa: S608 (constant columns)
+        f"select * from jsonb_to_recordset(%(goals)s) as v({_GOAL_TYPES})), "
+        f"plan as ({_PLANS}) {_TASKS}",
+        {"goals": Jsonb(goals), "plans": Jsonb(plans), "tasks": Jsonb(tasks)},
+    )
 
 
 def goal_row(goal: ev.GoalSubmitted) -> GoalRow:
@@ -152,6 +212,21 @@ def task_from(values: Sequence[Any]) -> TaskRow:
 
 
 _NEW_TASK_FIELDS = ("task_id", "step_id", "tool", "pool", "status", "idempotency_key")
+# Plans and their tasks go in as JSON documents (``_plan_document``, ``_task_documents``), each
+# naming its goal and version: psycopg inspects every element of an array parameter to choose
+# its type, which for eight arrays cost more than the rest of the statement.
+_PLANS = (
+    "insert into plans (goal_id, version, engine, rationale, steps, reason) "
+    "select * from jsonb_to_recordset(%(plans)s) as v(goal_id text, version int, engine text, "
+    "rationale text, steps jsonb, reason text)"
+)
+_TASKS = (
+    "insert into tasks (task_id, goal_id, plan_version, step_id, tool, arguments, depends_on, "
+    "pool, status, idempotency_key) "
+    "select * from jsonb_to_recordset(%(tasks)s) as v(task_id text, goal_id text, "
+    "plan_version int, step_id text, tool text, arguments jsonb, depends_on text[], pool text, "
+    "status text, idempotency_key text)"
+)
 
 
 def insert_plan(
@@ -159,40 +234,50 @@ def insert_plan(
 ) -> list[TaskRow]:
     """Store a new plan version and its tasks; returns the tasks as stored."""
     version = goal.plan_version + 1
-    steps = planned.draft.steps
-    tasks = [_new_task(goal.goal_id, version, s, pools[s.tool]) for s in steps]
-    # One statement for the plan, its tasks and the goal's new version: each statement costs the
-    # planner 30-70 us of psycopg's Python however few rows it carries, and storing a plan as a
-    # statement per table and an insert per task took three times as long as making it. The
-    # tasks go as one JSON document: psycopg inspects every element of an array parameter to
-    # choose its type, which for eight arrays cost more than the rest of the statement.
+    tasks = new_tasks(goal.goal_id, version, planned, pools)
+    # One statement for the plan, its tasks and the goal's new version: storing a plan as a
+    # statement per table and an insert per task took three times as long as making it.
     conn.execute(
-        "with plan as (insert into plans (goal_id, version, engine, rationale, steps, reason) "
-        "values (%(goal)s, %(version)s, %(engine)s, %(rationale)s, %(steps)s, %(reason)s)), "
-        "new_tasks as (insert into tasks (task_id, goal_id, plan_version, step_id, tool, "
-        "arguments, depends_on, pool, status, idempotency_key) "
-        "select v.task_id, %(goal)s, %(version)s, v.step_id, v.tool, v.arguments, "
-        "v.depends_on, v.pool, v.status, v.idempotency_key "
-        "from jsonb_to_recordset(%(tasks)s) as v(task_id text, step_id text, tool text, "
-        "arguments jsonb, depends_on text[], pool text, status text, idempotency_key text)) "
+        f"with plan as ({_PLANS}), new_tasks as ({_TASKS}) "  # noqa: S608 (constant parts)
         "update goals set plan_version = %(version)s, status = 'running' "
         "where goal_id = %(goal)s",
         {
             "goal": goal.goal_id,
             "version": version,
-            "engine": planned.engine,
-            "rationale": planned.draft.rationale,
-            "steps": Jsonb([s.model_dump() for s in steps]),
-            "reason": reason,
-            "tasks": Jsonb([_task_document(t) for t in tasks]),
+            "plans": Jsonb([_plan_document(goal.goal_id, version, planned, reason)]),
+            "tasks": Jsonb(_task_documents(goal.goal_id, version, tasks)),
         },
     )
     return tasks
 
 
-def _task_document(task: TaskRow) -> dict[str, Any]:
-    document = {name: getattr(task, name) for name in _NEW_TASK_FIELDS}
-    return document | {"arguments": task.arguments, "depends_on": list(task.depends_on)}
+def new_tasks(goal_id: str, version: int, planned: Planned, pools: dict[str, str]) -> list[TaskRow]:
+    """The tasks of a plan version about to be stored."""
+    return [_new_task(goal_id, version, s, pools[s.tool]) for s in planned.draft.steps]
+
+
+def _plan_document(goal_id: str, version: int, planned: Planned, reason: str) -> dict[str, Any]:
+    return {
+        "goal_id": goal_id,
+        "version": version,
+        "engine": planned.engine,
+        "rationale": planned.draft.rationale,
+        "steps": [s.model_dump() for s in planned.draft.steps],
+        "reason": reason,
+    }
+
+
+def _task_documents(goal_id: str, version: int, tasks: list[TaskRow]) -> list[dict[str, Any]]:
+    return [
+        {name: getattr(task, name) for name in _NEW_TASK_FIELDS}
+        | {
+            "goal_id": goal_id,
+            "plan_version": version,
+            "arguments": task.arguments,
+            "depends_on": list(task.depends_on),
+        }
+        for task in tasks
+    ]
 
 
 def _new_task(goal_id: str, version: int, step: PlanStep, pool: str) -> TaskRow:

@@ -127,6 +127,7 @@ class Snapshot:
         self._asked: set[str] = set()
         self._elsewhere: set[str] = set()  # held goals the ledger says no batch here kept
         self._absent: set[str] = set()  # asked for, not in the ledger: goals submitted just now
+        self._taken_in: list[L.Intake] = []
         self._recorded: list[L.Outcome] = []
         self._verdicts: list[ev.TaskEvaluated] = []
         self._succeeded: list[str] = []
@@ -188,11 +189,13 @@ class Snapshot:
         """The ledger had no such goal when the batch began, and it was not taken in since."""
         return goal_id in self._absent
 
-    def adopt(self, goal: GoalRow, tasks: list[TaskRow]) -> None:
-        """A goal this batch just stored, with its plan's tasks: held from now on."""
+    def take_in(self, intake: L.Intake, goal: GoalRow) -> None:
+        """A goal new to the ledger (``is_new``), planned in this batch (``goal``: its row once
+        stored): held from now on, and stored with its plan by ``flush``."""
+        self._taken_in.append(intake)
         self._absent.discard(goal.goal_id)
         self._goals[goal.goal_id] = goal
-        self._tasks[goal.goal_id] = {t.task_id: t for t in tasks}
+        self._tasks[goal.goal_id] = {t.task_id: t for t in intake.tasks}
         self._outcomes[goal.goal_id] = {}
 
     # -- the common steps ------------------------------------------------------------------------
@@ -279,15 +282,12 @@ class Snapshot:
 
     def flush(self) -> None:
         """Send the held-back writes, a few set-wise statements for the whole batch, in the
-        order the steps happen to any one task: outcome, verdict, success, next dispatch, and
-        then the goal's end."""
+        order the steps happen to any one task: the goal's intake, outcome, verdict, success,
+        next dispatch, and then the goal's end."""
+        if self._taken_in:
+            L.take_in(self._conn, self._taken_in)
         if self._recorded:
-            # A task whose verdict came in the same batch goes straight to succeeded below.
-            done = set(self._succeeded)
-            L.record_attempts(self._conn, self._recorded)
-            waiting = [e for e in self._recorded if e.task_id not in done]
-            if waiting:
-                L.mark_evaluating(self._conn, waiting)
+            self._flush_outcomes()
         if self._verdicts:
             L.insert_verdicts(self._conn, self._verdicts)
         if self._succeeded:
@@ -298,5 +298,13 @@ class Snapshot:
             L.add_usages(self._conn, self._charges)
         if self._finished:
             L.finish_goals(self._conn, self._finished)
-        self._recorded, self._verdicts, self._succeeded = [], [], []
+        self._taken_in, self._recorded, self._verdicts, self._succeeded = [], [], [], []
         self._dispatches, self._finished, self._charges = [], [], []
+
+    def _flush_outcomes(self) -> None:
+        L.record_attempts(self._conn, self._recorded)
+        # A task whose verdict came in the same batch goes straight to succeeded in ``flush``.
+        done = set(self._succeeded)
+        waiting = [e for e in self._recorded if e.task_id not in done]
+        if waiting:
+            L.mark_evaluating(self._conn, waiting)

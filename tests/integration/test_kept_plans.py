@@ -10,6 +10,7 @@ what it sends tells which version of the first step it believed."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -57,9 +58,9 @@ def batch(conn: Conn, planner: Planner, events: Sequence[ev.Event]) -> list[ev.E
     return out
 
 
-def started(conn: Conn, planner: Planner, max_tokens: int | None = None) -> ev.TaskAssigned:
-    """A two-step chain submitted in a batch of its own; its first step's dispatch."""
-    goal = ev.GoalSubmitted(
+def submitted(**fields: Any) -> ev.GoalSubmitted:
+    """A two-step chain."""
+    return ev.GoalSubmitted(
         envelope=ev.Envelope(goal_id=ev.new_id()),
         text="kept plans",
         input=steps_input(
@@ -67,9 +68,13 @@ def started(conn: Conn, planner: Planner, max_tokens: int | None = None) -> ev.T
             {"id": "s1", "tool": "echo", "arguments": {"value": 1}, "depends_on": ["s0"]},
         ),
         compensation_policy="none",
-        max_tokens=max_tokens,
+        **fields,
     )
-    (first,) = batch(conn, planner, [goal])
+
+
+def started(conn: Conn, planner: Planner, max_tokens: int | None = None) -> ev.TaskAssigned:
+    """A two-step chain submitted in a batch of its own; its first step's dispatch."""
+    (first,) = batch(conn, planner, [submitted(max_tokens=max_tokens)])
     assert isinstance(first, ev.TaskAssigned)
     return first
 
@@ -122,6 +127,65 @@ def test_the_next_batch_uses_the_kept_plan_and_reads_no_task(conn: Conn, planner
     # A write that bypasses the rule every writer follows goes unseen: the plan was not read.
     back_to_dispatched(conn, first, as_a_writer=False)
     assert dispatched_steps(batch(conn, planner, [accepted(first)])) == ["s1"]
+
+
+def test_the_new_goals_of_a_batch_are_stored_as_submitted_and_a_repeat_once(
+    conn: Conn, planner: Planner
+) -> None:
+    deadline = ev.now() + timedelta(hours=1)
+    one = submitted(max_tokens=900, budget_usd=2.5, deadline_at=deadline, confidence_threshold=0.7)
+    two = submitted(submitted_by="intake")
+    again = one.model_copy(update={"envelope": ev.Envelope(goal_id=one.goal_id)})
+    assert again.event_id != one.event_id  # the same goal submitted twice in one batch
+    out = batch(conn, planner, [one, two, again])
+    assert [(e.goal_id, dispatched_steps([e])) for e in out] == [
+        (one.goal_id, ["s0"]),
+        (two.goal_id, ["s0"]),
+    ]
+    for goal in (one, two):
+        assert stored(conn, goal.goal_id) == (
+            (goal.text, goal.input, goal.max_tokens, goal.budget_usd, goal.deadline_at),
+            (goal.confidence_threshold, goal.submitted_by, goal.envelope.occurred_at),
+            ("running", 1, 1, planner.mesh, True),
+            (1, ["dispatched", "pending"], 1),
+        )
+    # The batch kept the plans it stored: a write behind its back goes unseen.
+    first = out[0]
+    assert isinstance(first, ev.TaskAssigned)
+    conn.execute("update tasks set status = 'pending' where task_id = %s", (first.task_id,))
+    conn.commit()
+    assert dispatched_steps(batch(conn, planner, [completed(first), accepted(first)])) == ["s1"]
+
+
+def stored(conn: Conn, goal_id: str) -> tuple[tuple[Any, ...], ...]:
+    """What the ledger holds of a goal: as submitted; its progress and keeper; its plans, its
+    tasks' statuses and the attempts dispatched."""
+    row = conn.execute(
+        "select text, input, max_tokens, budget_usd, deadline_at, confidence_threshold, "
+        "submitted_by, submitted_at, status, plan_version, steps_used, mesh, kept_by is not null, "
+        "(select count(*) from plans p where p.goal_id = g.goal_id), "
+        "(select array_agg(t.status order by t.step_id) from tasks t where t.goal_id = g.goal_id), "
+        "(select count(*) from attempts a join tasks t using (task_id) "
+        "where t.goal_id = g.goal_id) "
+        "from goals g where goal_id = %s",
+        (goal_id,),
+    ).fetchone()
+    conn.commit()
+    assert row is not None
+    return row[:5], row[5:8], row[8:13], row[13:]
+
+
+def test_a_new_goal_that_cannot_be_planned_fails_and_its_batch_goes_on(
+    conn: Conn, planner: Planner
+) -> None:
+    late, fine = submitted(deadline_at=ev.now() - timedelta(seconds=1)), submitted()
+    out = batch(conn, planner, [late, fine])
+    assert [(type(e), e.goal_id) for e in out] == [
+        (ev.GoalFailed, late.goal_id),
+        (ev.TaskAssigned, fine.goal_id),
+    ]
+    assert stored(conn, late.goal_id)[2:] == (("failed", 0, 0, planner.mesh, False), (0, None, 0))
+    assert stored(conn, fine.goal_id)[3] == (1, ["dispatched", "pending"], 1)
 
 
 def test_a_goal_locked_by_another_transaction_is_read_again(conn: Conn, planner: Planner) -> None:
