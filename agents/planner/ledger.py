@@ -22,6 +22,8 @@ GOAL_COLUMNS = (
     "steps_used, input_tokens + output_tokens as tokens, cost_usd, submitted_at, max_replans, "
     "replans, compensation_policy, ending, input_tokens, output_tokens, revision"
 )
+# In ``GoalRow``'s own order, which ``goal_from`` relies on.
+assert [c.split()[-1] for c in GOAL_COLUMNS.split(", ")] == list(FIELDS[GoalRow])
 Outcome = ev.TaskCompleted | ev.TaskFailed
 _USAGE = ("usage.input_tokens", "usage.output_tokens", "usage.cost_usd")
 
@@ -166,13 +168,19 @@ def keep_plans(conn: Connection, goal_ids: Sequence[str], owner: str) -> None:
 def lock_goal(conn: Connection, goal_id: str) -> GoalRow | None:
     """The goal's row, locked until the transaction ends (planners serialise on it), its
     revision counting this transaction (``Kept``)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            "update goals set revision = revision + 1 where goal_id = %s "  # noqa: S608
-            f"returning {GOAL_COLUMNS}",  # constant columns
-            (goal_id,),
-        ).fetchone()
-    return GoalRow(**row) if row else None
+    row = conn.execute(
+        "update goals set revision = revision + 1 where goal_id = %s "  # noqa: S608
+        f"returning {GOAL_COLUMNS}",  # constant columns
+        (goal_id,),
+    ).fetchone()
+    return goal_from(row) if row else None
+
+
+def goal_from(values: Sequence[Any]) -> GoalRow:
+    """A ``GoalRow`` from the columns of ``GOAL_COLUMNS``, in their order: a batch's snapshot
+    reads a row for every goal it is about, and a tuple row costs less than a dict unpacked into
+    a frozen dataclass's ``__init__`` (twenty fields set one by one)."""
+    return row_of(GoalRow, values)
 
 
 def tasks_of(

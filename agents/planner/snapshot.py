@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from agents import events as ev
 from agents.events import new_id
 from agents.ledger.db import Connection, remember
@@ -147,12 +145,12 @@ class Snapshot:
             return cls(conn, {}, {}, {})
         known = kept.revisions(ids) if kept is not None else ([], [])
         owner = kept.owner if kept is not None else None
-        with conn.cursor(row_factory=dict_row) as goals, conn.cursor() as tasks:
+        with conn.cursor() as goals, conn.cursor() as tasks:
             goals.execute(_LOCK, (ids,))
             tasks.execute(_TASKS, (*known, ids, owner))
-            rows = goals.fetchall()
-            kept_by = {row["goal_id"]: row.pop("kept_by") for row in rows}
-            held = {row["goal_id"]: GoalRow(**row) for row in rows}
+            rows = goals.fetchall()  # the goal's columns, then kept_by
+            kept_by = {row[0]: row[-1] for row in rows}
+            held = {row[0]: L.goal_from(row[:-1]) for row in rows}
             plans = {
                 g: kept.current(goal, kept_by[g]) if kept else None for g, goal in held.items()
             }
