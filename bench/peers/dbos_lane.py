@@ -53,6 +53,7 @@ QUEUE_POLL_S = 0.01
 # Waiting on a workflow's result is also a poll of its status row.
 RESULT_POLL_S = 0.005
 READY_LINE = "bench-dbos-worker-ready"
+POOL_TIMEOUT_S = 300
 DURABILITY = (
     "every workflow's input, each step's output and the final result checkpointed in Postgres: "
     "a crashed worker's workflows resume from the last completed step on recovery"
@@ -123,6 +124,10 @@ def worker_main(database_url: str, executor_id: str) -> None:
         # Distinct per process: recovery at launch takes over the workflows of its own id.
         "executor_id": executor_id,
         "log_level": "WARNING",
+        # Hundreds of fan-out workflows poll their children through the pool; at a slow moment
+        # one waited more than the default 30 s for a connection and the lane failed. Waiting
+        # longer changes no figure of a run that finishes.
+        "db_engine_kwargs": {"pool_timeout": POOL_TIMEOUT_S},
     }
     DBOS(config=config)
     DBOS.launch()
