@@ -212,7 +212,7 @@ class Planner:
         if not isinstance(proposal, Planned):
             L.insert_goal(conn, event, trace_parent, self.mesh, known_new=True)
             return self._refuse(conn, goal, event.event_id, proposal)
-        tasks = L.new_tasks(goal.goal_id, goal.plan_version + 1, proposal, self._pools)
+        tasks = L.new_tasks(goal.goal_id, L.FIRST_PLAN, proposal, self._pools)
         intake = L.Intake(event, trace_parent, self.mesh, self._kept.owner, proposal, tasks)
         snapshot.take_in(intake, _planned(goal))  # its batch keeps its plan (``Kept``)
         self._charge(conn, goal.goal_id, "plan", proposal.usage)
@@ -913,7 +913,7 @@ class Planner:
 
 def _planned(goal: GoalRow) -> GoalRow:
     """A new goal's row once its first plan is stored (``L.take_in``)."""
-    return decide.evolve(goal, status="running", plan_version=goal.plan_version + 1)
+    return decide.evolve(goal, status="running", plan_version=L.FIRST_PLAN)
 
 
 def _left_effects(attempt: dict[str, Any]) -> bool:

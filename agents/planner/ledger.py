@@ -56,6 +56,7 @@ def insert_goal(
     return known_new or inserted.fetchone() is not None
 
 
+FIRST_PLAN = 1  # a goal's first plan version (a goal not planned yet is at 0)
 # The columns a goal is stored with when it is taken in (the others start at their defaults).
 _GOAL_INSERTED = (
     "goal_id, text, input, status, plan_version, max_steps, max_tokens, budget_usd, deadline_at, "
@@ -91,7 +92,7 @@ def _goal_values(
         "text": goal.text,
         "input": goal.input,
         "status": "running" if planned else "planning",
-        "plan_version": 1 if planned else 0,
+        "plan_version": FIRST_PLAN if planned else 0,
         "max_steps": goal.max_steps,
         "max_tokens": goal.max_tokens,
         "budget_usd": goal.budget_usd,
@@ -129,8 +130,8 @@ def take_in(conn: Connection, intakes: Sequence[Intake]) -> None:
     for i in intakes:
         goal_id = i.goal.goal_id
         goals.append(_goal_values(i.goal, i.trace_parent, i.mesh, planned=True, kept_by=i.kept_by))
-        plans.append(_plan_document(goal_id, 1, i.planned, ""))
-        tasks += _task_documents(goal_id, 1, i.tasks)
+        plans.append(_plan_document(goal_id, FIRST_PLAN, i.planned, ""))
+        tasks += _task_documents(goal_id, FIRST_PLAN, i.tasks)
     conn.execute(
         f"with goal as (insert into goals ({_GOAL_INSERTED}) "  # noqa: S608 (constant columns)
         f"select * from jsonb_to_recordset(%(goals)s) as v({_GOAL_TYPES})), "
@@ -140,7 +141,8 @@ def take_in(conn: Connection, intakes: Sequence[Intake]) -> None:
 
 
 def goal_row(goal: ev.GoalSubmitted) -> GoalRow:
-    """The row ``insert_goal`` just stored, without reading it back."""
+    """A new goal's row as ``insert_goal`` stores it, not planned yet, without reading it
+    back."""
     return GoalRow(
         goal_id=goal.goal_id,
         text=goal.text,

@@ -188,6 +188,27 @@ def test_a_new_goal_that_cannot_be_planned_fails_and_its_batch_goes_on(
     assert stored(conn, fine.goal_id)[3] == (1, ["dispatched", "pending"], 1)
 
 
+def test_a_new_goal_stored_meanwhile_by_another_planner_is_a_repeat_submission(
+    conn: Conn, planner: Planner, stack_settings: MeshSettings
+) -> None:
+    goal = submitted()
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+        planner.before_batch(conn, [goal])
+        assert dispatched_steps(planner.on_submitted(goal, DELIVERY, conn)) == ["s0"]
+        other = Planner(engine=OfflineEngine(), registry=default_registry(), mesh=planner.mesh)
+        with psycopg.connect(stack_settings.database_url.get_secret_value()) as elsewhere:
+            assert dispatched_steps(batch(elsewhere, other, [goal])) == ["s0"]
+        try:
+            planner.after_batch(True)  # the batch's flush stores the goal it took in
+        except BaseException:
+            planner.after_batch(False)
+            raise
+    # The failed batch again, record by record as the sink applies it: a repeated submission.
+    with conn.transaction():
+        assert planner.on_submitted(goal, DELIVERY, conn) == []
+    assert stored(conn, goal.goal_id)[3] == (1, ["dispatched", "pending"], 1)
+
+
 def test_a_goal_locked_by_another_transaction_is_read_again(conn: Conn, planner: Planner) -> None:
     first = started(conn, planner)
     assert batch(conn, planner, [completed(first)]) == []
