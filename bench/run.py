@@ -35,6 +35,13 @@ from bench.stats import percentile
 from bench.targets import BENCH_CLIENT, render, targets
 from topics.catalogue import CATALOGUE
 
+# Worker processes in each lane's main runs, each lane at its best on this machine (measured in
+# alternating pairs, docs/benchmarks.md "Lanes"): the mesh runs its tools in the worker's
+# threads, and with instant tools a second worker process only adds a consumer that the broker
+# answers; Celery and DBOS do better with two.
+MESH_WORKERS = 1
+PEER_WORKERS = 2
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -54,7 +61,7 @@ QUICK = Plan(
     single_goals=3,
     saturation_goals={"chain": 100, "fanout": 20},
     in_flight=50,
-    workers=(2,),
+    workers=(MESH_WORKERS,),
     # The quick run keeps to the lanes and loads the ratios compare: M-1% is a variant of M, R1
     # and R2 are the steps between R0 and M, and the offered rates are the full run's.
     skip=("M-1%", "R1", "R2"),
@@ -88,9 +95,11 @@ def _lanes(settings: MeshSettings, logs: Path) -> dict[str, Lane]:
         "R0": lambda **kw: run_raw(settings, log_dir=logs / "r0", **kw),
         "R1": lambda **kw: run_raw(settings, log_dir=logs / "r1", avro=True, **kw),
         "R2": lambda **kw: run_mesh(settings, workers=1, log_dir=logs / "r2", relays=True, **kw),
-        "M": lambda workers=2, **kw: run_mesh(settings, workers=workers, log_dir=logs / "m", **kw),
+        "M": lambda workers=MESH_WORKERS, **kw: run_mesh(
+            settings, workers=workers, log_dir=logs / "m", **kw
+        ),
         # The same mesh tracing 1% of goals (head sampling), as a loaded deployment would.
-        "M-1%": lambda workers=2, **kw: run_mesh(
+        "M-1%": lambda workers=MESH_WORKERS, **kw: run_mesh(
             settings, workers=workers, log_dir=logs / "m1", trace_ratio=0.01, **kw
         ),
     }
@@ -105,7 +114,7 @@ def _peers(settings: MeshSettings) -> dict[str, Lane]:
         from bench.peers.celery_lane import run_celery  # noqa: PLC0415
 
         redis_url = settings.redis_url.get_secret_value()
-        peers["celery"] = lambda workers=2, **kw: run_celery(
+        peers["celery"] = lambda workers=PEER_WORKERS, **kw: run_celery(
             redis_url=redis_url, workers=workers, **kw
         )
     except ImportError as exc:
@@ -114,7 +123,9 @@ def _peers(settings: MeshSettings) -> dict[str, Lane]:
         from bench.peers.dbos_lane import run_dbos  # noqa: PLC0415
 
         db_url = settings.database_url.get_secret_value()
-        peers["dbos"] = lambda workers=2, **kw: run_dbos(database_url=db_url, workers=workers, **kw)
+        peers["dbos"] = lambda workers=PEER_WORKERS, **kw: run_dbos(
+            database_url=db_url, workers=workers, **kw
+        )
     except ImportError as exc:
         print(f"bench: no DBOS lane ({exc})", file=sys.stderr)
     return peers
@@ -133,7 +144,7 @@ def run(plan: Plan, out: Path, settings: MeshSettings) -> tuple[list[LaneRun], P
     runs += _offered_rates(plan, lanes, ceiling=_saturated(runs, "R0", "chain"))
     runs += _half_loads(plan, lanes, runs)
     for workers in plan.workers:
-        if workers != 2:  # the scaling series: the mesh with 1 and 4 workers besides 2
+        if workers != MESH_WORKERS:  # the scaling series: the mesh with 2 and 4 workers besides 1
             goals = plan.saturation_goals["chain"]
             runs.append(
                 _one(
