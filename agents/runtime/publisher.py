@@ -56,6 +56,11 @@ class Publisher:
         self._failures: list[str] = []
         self._held: deque[Outgoing] = deque()
         self._draining = threading.Lock()
+        # Whether a record went to the producer since the last flush that saw every one
+        # acknowledged: a flush with nothing to wait for still woke every broker thread of the
+        # client (25-60 us of CPU), and batches that send nothing (records of other roles, polls
+        # that found none) were two in five of the evaluator's at 550 chain tasks/s.
+        self._unconfirmed = False
 
     def publish(self, event: Event, *, key: bytes | None = None) -> None:
         """Encode ``event`` for its topic and hold it until ``flush``; ``key`` overrides the
@@ -106,6 +111,7 @@ class Publisher:
                     headers=list(record.headers),
                     on_delivery=self._on_delivery,
                 )
+                self._unconfirmed = True
                 break
             except BufferError:  # local queue full: let deliveries drain, then try again
                 self._producer.poll(0.05)
@@ -128,12 +134,20 @@ class Publisher:
         """Send what ``publish`` held, then wait until every queued record is acknowledged; raise
         if any was refused or is late."""
         self.send_held()
+        if not self._unconfirmed and not self._failures:
+            return
+        self._unconfirmed = False  # a send from here on sets it again, for the next flush
         remaining = self._producer.flush(timeout)
         failures, self._failures = self._failures, []
         if remaining:
             failures.append(f"{remaining} record(s) still unacknowledged after {timeout:g}s")
         if failures:
+            self._unconfirmed = True  # what is still outstanding is waited for again next time
             raise DeliveryError("; ".join(failures))
+
+    def outstanding(self) -> int:
+        """Records handed to the producer that the broker has not acknowledged yet."""
+        return len(self._producer)
 
     def close(self) -> None:
         self.flush()

@@ -163,6 +163,28 @@ def test_held_records_all_go_out_in_order_whichever_thread_flushes(
     assert reasons == {g: [str(n) for n in range(60)] for g in goals}
 
 
+def test_a_flush_waits_for_every_record_sent_since_the_last_one(publisher: Publisher) -> None:
+    """A flush with nothing sent since the last returns at once; one after a send, whichever
+    thread sent it, returns only when the broker has acknowledged it (the producer's linger
+    would otherwise hold the record for a while)."""
+    publisher.flush()
+    publisher.flush()
+    assert publisher.outstanding() == 0
+
+    def send(reason: str) -> None:
+        publisher.publish(ev.GoalCancelled(envelope=envelope("goal-f"), reason=reason))
+        publisher.send_held()
+
+    for n in range(3):
+        sender = threading.Thread(target=send, args=(str(n),))
+        sender.start()
+        sender.join(10)
+        publisher.flush()
+        assert publisher.outstanding() == 0
+        publisher.flush()  # nothing new: no wait, nothing outstanding either
+        assert publisher.outstanding() == 0
+
+
 def test_bad_records_go_to_dead_letters_and_the_consumer_goes_on(
     codec: Codec, stack_settings: MeshSettings
 ) -> None:
