@@ -200,7 +200,7 @@ def _drive_raw(
             self_usage("driver")
         ]
 
-    before, infra = sample(), InfraUsage()
+    before, infra = sample(), InfraUsage(uses=("kafka",))
     wall = flight.run_polling(lambda n: driver.submit(n + 1_000_000), driver.poll)
     procs = since(before, sample()) + infra.finish()
     driver.consumer.close()
@@ -472,7 +472,7 @@ def _drive_mesh(
         mesh = [usage(m.proc.pid, m.name) for m in fleet.members if m.proc]
         return mesh + [usage(p.pid, name) for name, p in extra.items()] + [self_usage("driver")]
 
-    before, infra = sample(), InfraUsage()
+    before, infra = sample(), InfraUsage(uses=("kafka", "postgres", "redis"))
     wall = flight.run_polling(submit, poll)
     procs = since(before, sample()) + infra.finish()
     consumer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from bench.model import ProcessUsage
@@ -82,12 +83,15 @@ def _alive(pid: int) -> bool:
 
 
 class InfraUsage:
-    """The stack's servers' CPU over a lane's measured run only: creating topics, starting
-    processes and joining consumer groups cost the broker far more than a short run's traffic,
-    and belong to no task."""
+    """The CPU of the stack's servers a lane ``uses`` (of "kafka", "postgres", "redis") over
+    its measured run only: creating topics, starting processes and joining consumer groups cost
+    the broker far more than a short run's traffic, and belong to no task. A server the lane
+    does not use is left out: the broker's own background work (2-7% of a core while Celery
+    ran) is not Celery's."""
 
-    def __init__(self) -> None:
-        self._pids = running_pids(StackConfig.from_env())
+    def __init__(self, uses: Collection[str]) -> None:
+        running = running_pids(StackConfig.from_env())
+        self._pids = {name: pid for name, pid in running.items() if name in uses}
         self._before = infra_usage(self._pids)
 
     def finish(self) -> list[ProcessUsage]:

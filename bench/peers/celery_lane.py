@@ -239,7 +239,7 @@ def run_celery(
             celery_app, shape, 1, 1, deadline
         )  # warm-up: imports and connections in every process
         driver = DriverUsage("celery-driver")
-        tree, infra = TreeUsage([worker], "celery-worker"), InfraUsage()
+        tree, infra = TreeUsage([worker], "celery-worker"), InfraUsage(uses=("redis",))
         began = time.perf_counter()
         window, collector = _drive(celery_app, shape, goals, in_flight, deadline, rate)
         wall = time.perf_counter() - began

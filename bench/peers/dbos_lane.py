@@ -250,7 +250,7 @@ def _measure(
     try:
         _drive(client, shape, 1, 1, deadline)  # warm-up: imports, connections, queue threads
         driver = DriverUsage("dbos-driver")
-        tree, infra = TreeUsage(procs, "dbos-worker"), InfraUsage()
+        tree, infra = TreeUsage(procs, "dbos-worker"), InfraUsage(uses=("postgres",))
         began = time.perf_counter()
         window, collector = _drive(client, shape, goals, in_flight, deadline, rate)
         wall = time.perf_counter() - began

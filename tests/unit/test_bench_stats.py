@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
+import bench.procs
 from bench.model import LaneRun, ProcessUsage
 from bench.report import process_table, ratios, stage_table
 from bench.run import FULL, _one, _warm_up
@@ -130,3 +132,15 @@ def test_a_lane_that_breaks_is_reported_and_left_out_of_the_ratios() -> None:
     mesh = LaneRun("M", "fanout", 150, 3000, "in_flight:200", wall_s=1.0)
     single = LaneRun("M", "fanout", 3, 60, "single", 1.0, goal_latencies_s=[0.04] * 3)
     assert not any("dbos" in key for key in ratios([mesh, single, failed]).get("fanout", {}))
+
+
+def test_a_lane_is_charged_only_for_the_servers_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery uses Redis alone: the broker's and Postgres's CPU while it runs is not its own."""
+    me = os.getpid()  # a real process to sample, standing for each server
+    monkeypatch.setattr(
+        bench.procs, "running_pids", lambda config: {"kafka": me, "postgres": me, "redis": me}
+    )
+    assert [p.name for p in bench.procs.InfraUsage(uses=("redis",)).finish()] == ["redis"]
+    everything = bench.procs.InfraUsage(uses=("kafka", "postgres", "redis")).finish()
+    assert sorted(p.name for p in everything) == ["kafka", "postgres", "redis"]
+    assert all(p.role == "infra" for p in everything)
