@@ -57,19 +57,15 @@ def insert_goal(
 
 
 FIRST_PLAN = 1  # a goal's first plan version (a goal not planned yet is at 0)
-# The columns a goal is stored with when it is taken in (the others start at their defaults).
-_GOAL_INSERTED = (
-    "goal_id, text, input, status, plan_version, max_steps, max_tokens, budget_usd, deadline_at, "
-    "confidence_threshold, submitted_by, trace_parent, submitted_at, max_replans, "
-    "compensation_policy, mesh, kept_by"
-)
+# The columns a goal is stored with when it is taken in, with their types (the others start at
+# their defaults).
 _GOAL_TYPES = (
     "goal_id text, text text, input jsonb, status text, plan_version int, max_steps int, "
     "max_tokens bigint, budget_usd float8, deadline_at timestamptz, confidence_threshold float8, "
     "submitted_by text, trace_parent text, submitted_at timestamptz, max_replans int, "
     "compensation_policy text, mesh text, kept_by text"
 )
-assert [t.split()[0] for t in _GOAL_TYPES.split(", ")] == _GOAL_INSERTED.split(", ")
+_GOAL_INSERTED = ", ".join(column.split()[0] for column in _GOAL_TYPES.split(", "))
 _INSERT_GOAL = (
     f"insert into goals ({_GOAL_INSERTED}) "  # noqa: S608 (constant columns)
     f"values ({', '.join(f'%({c})s' for c in _GOAL_INSERTED.split(', '))}) "
