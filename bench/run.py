@@ -41,13 +41,19 @@ from topics.catalogue import CATALOGUE
 # answers; Celery and DBOS do better with two.
 MESH_WORKERS = 1
 PEER_WORKERS = 2
+PEERS = ("celery", "dbos")
 
 
 @dataclass(frozen=True)
 class Plan:
     single_goals: int
     saturation_goals: dict[str, int]
+    # Goals in flight at saturation, each lane at the count it moves the most tasks with here
+    # (docs/benchmarks.md "Loads"): the Kafka lanes batch more the more is in flight (the mesh's
+    # chains 420-570 tasks/s with 200, 830-1,070 with 500 to 2,000; R0 5,500-6,100 with 200,
+    # 9,200-10,200 with 1,000), Celery and DBOS do less with more than 200.
     in_flight: int
+    peer_in_flight: int
     workers: tuple[int, ...]
     many_goals: int = 0  # the mesh once more with this many chain goals (0: not run)
     # Fixed offered rates, as shares of R0's saturation throughput on chains, for these lanes.
@@ -61,6 +67,7 @@ QUICK = Plan(
     single_goals=3,
     saturation_goals={"chain": 100, "fanout": 20},
     in_flight=50,
+    peer_in_flight=50,
     workers=(MESH_WORKERS,),
     # The quick run keeps to the lanes and loads the ratios compare: M-1% is a variant of M, R1
     # and R2 are the steps between R0 and M, and the offered rates are the full run's.
@@ -68,8 +75,9 @@ QUICK = Plan(
 )
 FULL = Plan(
     single_goals=40,
-    saturation_goals={"chain": 1000, "fanout": 150},
-    in_flight=200,
+    saturation_goals={"chain": 2000, "fanout": 150},
+    in_flight=1000,
+    peer_in_flight=200,
     workers=(1, 2, 4),
     many_goals=10_000,
     rates=(0.1, 0.5, 0.9),
@@ -140,7 +148,8 @@ def run(plan: Plan, out: Path, settings: MeshSettings) -> tuple[list[LaneRun], P
             runs.append(_one(name, lane, shape=shape, goals=plan.single_goals, in_flight=1))
         for name, lane in lanes.items():
             goals = plan.saturation_goals[shape]
-            runs.append(_one(name, lane, shape=shape, goals=goals, in_flight=plan.in_flight))
+            flight = lane_in_flight(plan, name)
+            runs.append(_one(name, lane, shape=shape, goals=goals, in_flight=flight))
     runs += _offered_rates(plan, lanes, ceiling=_saturated(runs, "R0", "chain"))
     runs += _half_loads(plan, lanes, runs)
     for workers in plan.workers:
@@ -171,6 +180,12 @@ def run(plan: Plan, out: Path, settings: MeshSettings) -> tuple[list[LaneRun], P
             )
         )
     return runs, _profile_hottest(plan, lanes["M"], runs, out)
+
+
+def lane_in_flight(plan: Plan, lane: str) -> int:
+    """How many goals ``lane`` has in flight at saturation (a cap on what is outstanding in
+    offered-rate runs)."""
+    return plan.peer_in_flight if lane in PEERS else plan.in_flight
 
 
 def _profile_hottest(plan: Plan, lane: Lane, runs: list[LaneRun], out: Path) -> Profile | None:
@@ -215,7 +230,7 @@ def _offered_rates(plan: Plan, lanes: dict[str, Lane], *, ceiling: float) -> lis
                     note=f"{share:.0%} of R0's saturation",
                     shape="chain",
                     goals=goals,
-                    in_flight=plan.in_flight,
+                    in_flight=lane_in_flight(plan, name),
                     rate=rate,
                 )
                 runs.append(run)
@@ -252,7 +267,8 @@ def _half_loads(plan: Plan, lanes: dict[str, Lane], runs: list[LaneRun]) -> list
         rate = HALF * ceiling
         goals = max(10, min(int(rate / SHAPES["chain"] * RATE_RUN_S), RATE_GOALS_MAX))
         note = "50% of its own saturation"
-        kw = {"shape": "chain", "goals": goals, "in_flight": plan.in_flight, "rate": rate}
+        flight = lane_in_flight(plan, name)
+        kw = {"shape": "chain", "goals": goals, "in_flight": flight, "rate": rate}
         out.append(_one(name, lanes[name], series="half", note=note, **kw))
     return out
 

@@ -10,7 +10,7 @@ import pytest
 import bench.procs
 from bench.model import LaneRun, ProcessUsage
 from bench.report import process_table, ratios, stage_table
-from bench.run import FULL, _one, _warm_up
+from bench.run import FULL, _one, _warm_up, lane_in_flight
 from bench.stats import percentile, ratio, summary
 
 pytestmark = pytest.mark.unit
@@ -108,6 +108,13 @@ def test_the_warm_up_runs_until_two_runs_in_a_row_agree(rates: list[int], expect
 
     _warm_up(FULL, lane)
     assert len(made) == expected
+
+
+def test_the_peers_saturate_at_their_own_count_of_goals_in_flight() -> None:
+    kafka_lanes = {lane: lane_in_flight(FULL, lane) for lane in ("R0", "R1", "R2", "M", "M-1%")}
+    peers = {lane: lane_in_flight(FULL, lane) for lane in ("celery", "dbos")}
+    assert set(kafka_lanes.values()) == {FULL.in_flight}
+    assert set(peers.values()) == {FULL.peer_in_flight} != {FULL.in_flight}
 
 
 def test_process_table_gives_each_process_cpu_per_task_lane_first() -> None:
