@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+import threading
+import time
+import weakref
+from collections.abc import Iterator, MutableMapping, Sequence
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -21,6 +25,8 @@ from agents.runtime.settings import MeshSettings
 set_json_loads(jsontext.loads)
 set_json_dumps(jsontext.dumps)
 
+REPLANS = (1.0, 64.0)  # seconds: the first fresh set of connections, and the longest wait between
+
 
 def open_pool(
     settings: MeshSettings,
@@ -28,8 +34,12 @@ def open_pool(
     max_size: int = 4,
     run_migrations: bool = True,
     autocommit: bool = False,
+    replans: tuple[float, float] = REPLANS,
 ) -> ConnectionPool:
-    """A ready connection pool on the ledger; migrations applied first unless told otherwise."""
+    """A ready connection pool on the ledger; migrations applied first unless told otherwise.
+    Its connections are replaced at doubling intervals (``replans``: see ``replan_delays``)."""
+    if not 0 < replans[0] <= replans[1]:
+        raise ValueError(f"replans={replans!r}: want 0 < first <= longest")
     check_postgres(settings)
     url = settings.database_url.get_secret_value()
     if run_migrations:
@@ -47,7 +57,39 @@ def open_pool(
         pool.open(wait=True, timeout=settings.connect_timeout_s)
     except PoolTimeout as exc:
         raise ConfigError(f"could not open the ledger pool: {exc}") from exc
+    threading.Thread(
+        target=_replan, args=(weakref.ref(pool), *replans), name="ledger-replans", daemon=True
+    ).start()
     return pool
+
+
+def replan_delays(first_s: float, most_s: float) -> Iterator[float]:
+    """The waits between fresh sets of connections: ``first_s``, then twice that, and so on up
+    to ``most_s``, then ``most_s`` for ever.
+
+    Each connection plans a prepared statement once (``_generic_plans``), for the tables as
+    they are then. A plan made while a table was near empty (a new ledger, or one just emptied)
+    scans that table in every batch and goes on doing so as the table grows, until an
+    autoanalyze replans it, which under load came a minute or more later: Postgres spent
+    500-1,800 µs per chain task that way against 160-300. With fresh connections after twice
+    the time each time, a plan is not made on a table much smaller than the one it runs on while
+    the table grows at a steady rate; a fresh connection costs a few milliseconds."""
+    delay = first_s
+    while delay < most_s:
+        yield delay
+        delay *= 2
+    yield from repeat(most_s)
+
+
+def _replan(pool: weakref.ref[ConnectionPool], first_s: float, most_s: float) -> None:
+    """Replace the pool's connections on ``replan_delays``' schedule until it closes."""
+    for delay in replan_delays(first_s, most_s):
+        time.sleep(delay)
+        live = pool()
+        if live is None or live.closed:
+            return
+        live.drain()
+        del live  # the pool is not kept alive by this thread while it waits
 
 
 Connection = psycopg.Connection[Any]
