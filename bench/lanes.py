@@ -341,8 +341,7 @@ def _forget_goals(settings: MeshSettings) -> None:
     them) and its planner's inbox rows: like topics left behind, a ledger grown by every earlier
     run makes each later run slower (a full run adds some 25,000 goals, 150,000 tasks and
     350,000 inbox rows). The tables are vacuumed then, so the autovacuum those deletes call for
-    does not land in the next lane's run (it had Postgres spend six times its usual CPU per
-    task in one run in four)."""
+    does not run during the next lane's measured run."""
     with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
         with conn.transaction():
             conn.execute("delete from goals where mesh = %s", (settings.topic_prefix,))
