@@ -50,7 +50,7 @@ class Plan:
     saturation_goals: dict[str, int]
     # Goals in flight at saturation, each lane at the count it moves the most tasks with here
     # (docs/benchmarks.md, "Goals in flight"): the Kafka lanes batch more the more is in flight
-    # (the mesh's chains 470-630 tasks/s with 200, 830-1,000 with 500 to 2,000; R0 5,500-6,100
+    # (the mesh's chains 470-630 tasks/s with 200, 750-1,000 with 500 to 2,000; R0 5,500-6,100
     # with 200, 9,200-10,200 with 1,000), Celery and DBOS do less with more than 200.
     in_flight: int
     peer_in_flight: int
