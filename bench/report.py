@@ -83,6 +83,7 @@ def saturation(run: LaneRun) -> bool:
 
 
 MESH_LANES = ("M", "M-1%")  # every goal traced, and 1% of goals (the peers trace nothing)
+PEERS = ("celery", "dbos")  # the peer orchestrators the mesh is measured against
 
 
 def ratios(runs: list[LaneRun]) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def _ratios_of(runs: list[LaneRun], mesh: str, shape: str) -> dict[str, float]:
     if m_sat is None or m_one is None:
         return {}
     row: dict[str, float] = {}
-    for other in ("R0", "celery", "dbos"):
+    for other in ("R0", *PEERS):
         sat, one = find_run(runs, other, shape, False), find_run(runs, other, shape, True)
         if sat is not None:
             row[f"{mesh}/{other} throughput"] = ratio(m_sat.tasks_per_s, sat.tasks_per_s)

@@ -30,7 +30,7 @@ from bench.lanes import run_mesh, run_raw
 from bench.model import LaneRun, load_label
 from bench.procs import speed_probe
 from bench.profile import Profile, summarise
-from bench.report import find_run, process_table, ratios, render_png, stage_table, table
+from bench.report import PEERS, find_run, process_table, ratios, render_png, stage_table, table
 from bench.stats import percentile
 from bench.targets import BENCH_CLIENT, render, targets
 from topics.catalogue import CATALOGUE
@@ -41,7 +41,6 @@ from topics.catalogue import CATALOGUE
 # answers; Celery and DBOS do better with two.
 MESH_WORKERS = 1
 PEER_WORKERS = 2
-PEERS = ("celery", "dbos")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.model import LaneRun
-from bench.report import find_run
+from bench.report import PEERS, find_run
 from bench.stats import percentile, ratio
 
 BENCH_CLIENT = "driver"  # the bench's own process in a mesh lane: not one of the mesh's
@@ -68,7 +68,7 @@ def targets(runs: list[LaneRun]) -> list[Target]:
     found.append(Target("M 20-task fan-out goal p50", fan_p50, 60.0, "ms", at_least=False))
     chain = _sat(runs, "M", "chain")
     found.append(Target("M mesh processes CPU", _mesh_cpu(chain), 500.0, "µs/task", False))
-    for peer in ("celery", "dbos"):
+    for peer in PEERS:
         found += _against(runs, peer)
     return found
 
