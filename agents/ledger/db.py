@@ -25,7 +25,7 @@ from agents.runtime.settings import MeshSettings
 set_json_loads(jsontext.loads)
 set_json_dumps(jsontext.dumps)
 
-REPLANS = (1.0, 64.0)  # seconds: the first fresh set of connections, and the longest wait between
+REPLANS = (1.0, 64.0)  # seconds: until the first fresh connections, and the longest wait after
 
 
 def open_pool(
