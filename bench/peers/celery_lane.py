@@ -39,6 +39,10 @@ PREFETCH_MULTIPLIER = 16
 # dies; the run is far shorter, so it only bounds recovery time, it never fires here.
 VISIBILITY_TIMEOUT_S = 300
 COLLECT_WAIT_S = 0.05
+# After this long with goals outstanding and no result landing, the collector reads the pending
+# results from the backend instead of waiting on pub/sub: once, at one goal in flight, a chain's
+# result was never announced to the subscriber and the lane waited out its whole deadline.
+STALL_S = 1.0
 ENV_REDIS = "BENCH_CELERY_REDIS_URL"
 ENV_PREFIX = "BENCH_CELERY_PREFIX"
 ENV_QUEUE = "BENCH_CELERY_QUEUE"
@@ -182,6 +186,8 @@ class _Collector:
         self.window = window
         self.pending: dict[str, Any] = {}
         self.overheads: list[float] = []
+        self.recovered = 0  # results read from the backend after a stall, not announced
+        self._last_landed = time.monotonic()
 
     def submit(self, _index: int) -> str:
         result = _signature(self.app, self.shape, time.time()).apply_async()
@@ -190,16 +196,27 @@ class _Collector:
         return str(result.id)
 
     def _landed(self, result: Any) -> None:
+        if self.pending.pop(result.id, None) is None:
+            return  # already read after a stall; its announcement came late
+        self._last_landed = time.monotonic()
         value = result.result
         if result.failed():
             raise RuntimeError(f"a Celery goal failed: {value!r}")
         self.overheads.extend(value[2])
-        self.pending.pop(result.id, None)
         self.window.done(result.id, value[0])
 
     def collect(self, _outstanding: list[str]) -> None:
         # Returns after one message or the timeout, so the window re-checks its deadline.
         self.app.backend.result_consumer.drain_events(timeout=COLLECT_WAIT_S)
+        if self.pending and time.monotonic() - self._last_landed > STALL_S:
+            self.read_stalled()
+
+    def read_stalled(self) -> None:
+        """Land the pending results the backend already holds (``ready`` reads them)."""
+        self._last_landed = time.monotonic()  # at most one such pass a stall period
+        for result in [r for r in self.pending.values() if r.ready()]:
+            self.recovered += 1
+            self._landed(result)
 
 
 def _drive(
@@ -263,7 +280,7 @@ def run_celery(
         processes=processes,
         durability=DURABILITY,
         notes=f"{NOTES}; in_flight {in_flight}, prefork x{workers}, "
-        f"prefetch x{PREFETCH_MULTIPLIER}",
+        f"prefetch x{PREFETCH_MULTIPLIER}; {collector.recovered} result(s) read after a stall",
     )
 
 
