@@ -41,8 +41,10 @@ VISIBILITY_TIMEOUT_S = 300
 COLLECT_WAIT_S = 0.05
 # After this long with goals outstanding and no result landing, the collector reads the pending
 # results from the backend instead of waiting on pub/sub: once, at one goal in flight, a chain's
-# result was never announced to the subscriber and the lane waited out its whole deadline.
-STALL_S = 1.0
+# result was never announced to the subscriber and the lane waited out its whole deadline. Long
+# enough that a working run rarely reads (a fan-out run's first join comes after every leaf of
+# every goal in flight: seconds), and one pass is a read per pending goal.
+STALL_S = 5.0
 ENV_REDIS = "BENCH_CELERY_REDIS_URL"
 ENV_PREFIX = "BENCH_CELERY_PREFIX"
 ENV_QUEUE = "BENCH_CELERY_QUEUE"
@@ -214,9 +216,11 @@ class _Collector:
     def read_stalled(self) -> None:
         """Land the pending results the backend already holds (``ready`` reads them)."""
         self._last_landed = time.monotonic()  # at most one such pass a stall period
-        for result in [r for r in self.pending.values() if r.ready()]:
-            self.recovered += 1
-            self._landed(result)
+        for result in list(self.pending.values()):
+            # ``ready`` may fire the result's callback itself, which lands it.
+            if result.ready() and result.id in self.pending:
+                self.recovered += 1
+                self._landed(result)
 
 
 def _drive(

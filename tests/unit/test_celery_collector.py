@@ -3,6 +3,7 @@ stall found it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,12 @@ class _Result:
     id: str
     done: bool
     result: list[Any] = field(default_factory=lambda: [6, 0.0, [0.001, 0.002]])
+    on_ready: Callable[[_Result], None] | None = None  # a callback that fires on the first look
 
     def ready(self) -> bool:
+        if self.done and self.on_ready is not None:
+            callback, self.on_ready = self.on_ready, None
+            callback(self)
         return self.done
 
     def failed(self) -> bool:
@@ -64,3 +69,15 @@ def test_an_announced_goal_is_not_counted_as_recovered() -> None:
     assert collector.recovered == 0
     assert window.finished()
     assert collector.overheads == [0.001, 0.002]
+
+
+def test_a_result_whose_look_fires_its_callback_lands_once_and_is_not_recovered() -> None:
+    finished, running = _Result("a", done=True), _Result("b", done=False)
+    collector, window = _collector(finished, running)
+    finished.on_ready = collector._landed
+
+    collector.read_stalled()
+
+    assert collector.recovered == 0
+    assert list(collector.pending) == ["b"]
+    assert len(window.latencies) == 1
