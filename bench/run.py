@@ -54,7 +54,8 @@ class Plan:
     in_flight: int
     peer_in_flight: int
     workers: tuple[int, ...]
-    many_goals: int = 0  # the mesh once more with this many chain goals (0: not run)
+    # The goal-count series: the mesh's chains once more with each of these many goals.
+    goal_series: tuple[int, ...] = ()
     # Fixed offered rates, as shares of R0's saturation throughput on chains, for these lanes.
     rates: tuple[float, ...] = ()
     rate_lanes: tuple[str, ...] = ()
@@ -78,7 +79,7 @@ FULL = Plan(
     in_flight=1000,
     peer_in_flight=200,
     workers=(1, 2, 4),
-    many_goals=10_000,
+    goal_series=(1_000, 10_000),
     rates=(0.1, 0.5, 0.9),
     # R1 and R2 (the steps between R0 and M) only at saturation: the run stays under 15 minutes.
     rate_lanes=("R0", "M", "M-1%", "celery", "dbos"),
@@ -166,15 +167,15 @@ def run(plan: Plan, out: Path, settings: MeshSettings) -> tuple[list[LaneRun], P
                     workers=workers,
                 )
             )
-    if plan.many_goals:  # the goal-count series: 1k above, 10k here
+    for goals in plan.goal_series:
         runs.append(
             _one(
                 "M",
                 lanes["M"],
                 series="goals",
-                note=f"{plan.many_goals} goals",
+                note=f"{goals} goals",
                 shape="chain",
-                goals=plan.many_goals,
+                goals=goals,
                 in_flight=plan.in_flight,
             )
         )
