@@ -169,6 +169,16 @@ class TaskAssigned(Event):
     timeout_s: float = 30.0
     idempotency_key: str
     feedback: str | None = Field(None, description="evaluator feedback carried into a retry")
+    fence: int = Field(
+        0,
+        description=(
+            "the attempt's fencing token: an effect store refuses a token lower than the highest "
+            "it has seen for the same key; 0 means unfenced (events from older planners)"
+        ),
+    )
+    undoes: str | None = Field(
+        None, description="for a compensation, the idempotency key of the effect it undoes"
+    )
 
 
 _ARGUMENTS = (
