@@ -4,17 +4,21 @@ A tool declares pydantic models for its arguments and result, a description for 
 engine, a timeout, a retry policy, an optional compensating tool, the capability pool whose
 workers run it, the credential scope it needs, an optional rate limit, and checks the evaluator
 applies to its results. Every call receives an idempotency key, and a tool must use it for its side
-effects so that running the same call twice changes nothing the second time.
+effects so that running the same call twice changes nothing the second time. Every call also
+receives a fencing token (see ``agents.tools.effects``) and a deadline, and can tell when it should
+stop (``ToolContext.cancelled`` and ``ToolContext.checkpoint``).
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Generic, TypeVar, get_type_hints
+from typing import Any, Final, Generic, TypeVar, get_type_hints
 
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ValidationError
@@ -53,6 +57,25 @@ class PartialToolError(ToolError):
     category = "partial"
 
 
+class ToolTimeoutError(ToolError):
+    """The call overstayed its timeout; it may still have taken effect."""
+
+    category = "timeout"
+    retryable = True
+
+
+class CancelledError(ToolError):
+    """The call's goal was cancelled and the call did nothing."""
+
+    category = "cancelled"
+
+
+class SupersededError(ToolError):
+    """A newer attempt or a compensation owns the effect's key; the call did nothing."""
+
+    category = "superseded"
+
+
 class UnknownToolError(ToolError):
     category = "unknown_tool"
 
@@ -63,6 +86,22 @@ class InvalidArgumentsError(ToolError):
 
 HUMAN_RETRY = "retry requested by a human"
 """How the feedback of an attempt a human asked for begins."""
+
+COMPENSATION_FENCE: Final = 2**62
+"""The fencing token of every compensation: above any action's, so once a compensation has
+claimed a key no attempt of the action can apply its effect any more."""
+
+_ATTEMPT_BITS: Final = 20
+
+
+def action_fence(plan_version: int, attempt: int) -> int:
+    """The fencing token of an action attempt: a newer plan version wins, then a later attempt."""
+    if not 0 < attempt < 1 << _ATTEMPT_BITS or plan_version < 0:
+        raise ValueError(f"no fence for plan version {plan_version}, attempt {attempt}")
+    fence = (plan_version << _ATTEMPT_BITS) | attempt
+    if fence >= COMPENSATION_FENCE:
+        raise ValueError(f"plan version {plan_version} is too large to fence")
+    return fence
 
 
 @dataclass(frozen=True)
@@ -94,6 +133,13 @@ class ToolResources:
     sandbox_dir: Path
 
 
+_POLL_S: Final = 0.1  # how often a cooperative wait looks at the goal's cancel flag and deadline
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """Everything a tool call knows besides its arguments."""
@@ -106,8 +152,45 @@ class ToolContext:
     goal_input: Mapping[str, Any]
     resources: ToolResources
     feedback: str | None = None
-    cancelled: Callable[[], bool] = field(default=lambda: False)
-    """True once the goal was cancelled: a long-running tool should stop at the next chance."""
+    goal_cancelled: Callable[[], bool] = field(default=_never)
+    """True once the goal was cancelled (never for a compensation, which runs because of it)."""
+    fence: int = 0
+    """The attempt's fencing token; 0 when unfenced (see ``agents.tools.effects.fenced``)."""
+    undoes: str | None = None
+    """For a compensation: the idempotency key of the effect it undoes."""
+    deadline: float | None = None
+    """The ``time.monotonic()`` value by which the call must be done."""
+    given_up: threading.Event = field(default_factory=threading.Event)
+    """Set by the worker when it stops waiting for the call (its timeout passed)."""
+
+    def cancelled(self) -> bool:
+        """True once the call should stop: it timed out, or its goal was cancelled."""
+        return self._timed_out() or self.goal_cancelled()
+
+    def checkpoint(self) -> None:
+        """Raise if the call should stop now; a long tool calls it between steps.
+
+        Raises ``ToolTimeoutError`` once the worker gave up on the call or its deadline passed,
+        ``CancelledError`` once its goal was cancelled. ``cancelled`` promises the call did
+        nothing: a tool that has already taken part of its effect must not let it through, but
+        report what it did (``PartialToolError``) or finish.
+        """
+        if self._timed_out():
+            raise ToolTimeoutError(f"{self.step_id}: the call's time is up; it stopped")
+        if self.goal_cancelled():
+            raise CancelledError(f"{self.step_id}: goal {self.goal_id} was cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, stopping early through ``checkpoint``."""
+        until = time.monotonic() + seconds
+        self.checkpoint()
+        while (left := until - time.monotonic()) > 0:
+            self.given_up.wait(min(left, _POLL_S))
+            self.checkpoint()
+
+    def _timed_out(self) -> bool:
+        past = self.deadline is not None and time.monotonic() >= self.deadline
+        return past or self.given_up.is_set()
 
     def simulate(self, tool: str) -> Mapping[str, Any]:
         """The goal's ``simulate`` switches for ``tool`` (see docs/tools.md), or none."""

@@ -8,13 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.tools.base import (
-    PermanentToolError,
-    RetryPolicy,
-    ToolContext,
-    TransientToolError,
-    tool,
-)
+from agents.tools.base import RetryPolicy, ToolContext, TransientToolError, tool
 
 
 class PauseArgs(BaseModel):
@@ -31,13 +25,12 @@ class PauseResult(BaseModel):
 
 @tool(timeout_s=330)
 def pause(args: PauseArgs, ctx: ToolContext) -> PauseResult:
-    """Wait the given number of seconds, then report when the wait began and ended."""
+    """Wait the given number of seconds, then report when the wait began and ended.
+
+    Stops early, as cancelled, when its goal is cancelled, and as timed out when its time is up.
+    """
     started = time.time()
-    deadline = time.monotonic() + args.seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if ctx.cancelled():
-            raise PermanentToolError("the goal was cancelled while waiting")
-        time.sleep(min(left, 0.1))
+    ctx.sleep(args.seconds)
     return PauseResult(
         seconds=args.seconds, label=args.label, started_at=started, finished_at=time.time()
     )

@@ -4,7 +4,9 @@ Validate the submitted data, create the organisation record, provision its infra
 under the sandbox folder), configure billing, send the welcome email (a local outbox table) and
 tell the team channel (a local sink table). Each tool with a side effect has a compensating tool.
 Every side effect is keyed by the call's idempotency key, so repeating a call returns the first
-call's result and changes nothing.
+call's result and changes nothing, and is made under the key's fence (``agents.tools.effects``),
+so a superseded attempt cannot act. A compensation undoes by the id the action returned or, when
+that result never arrived, by the undone effect's key.
 
 Every tool obeys the goal's ``simulate`` switches (``{"simulate": {"<tool>": {...}}}``), so the
 failure paths can be shown: ``fail_times``, ``permanent``, ``partial_after``, ``delay_s`` and
@@ -15,17 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import TupleRow
-from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.tools.base import (
@@ -40,6 +40,7 @@ from agents.tools.base import (
     TransientToolError,
     tool,
 )
+from agents.tools.effects import fenced
 
 PLANS: Final = ("starter", "pro", "enterprise")
 REGIONS: Final = ("eu-west", "eu-central", "us-east", "us-west", "ap-southeast")
@@ -87,7 +88,7 @@ def _simulated(tool_name: str, ctx: ToolContext) -> Simulate:
             details={"errors": exc.errors(include_url=False, include_context=False)},
         ) from exc
     if switches.delay_s:
-        time.sleep(switches.delay_s)
+        ctx.sleep(switches.delay_s)  # stops early, before any effect, when told to stop
     if switches.permanent:
         raise PermanentToolError(f"{tool_name} failed for good (simulated)")
     if ctx.attempt <= switches.fail_times:
@@ -104,14 +105,39 @@ def _simulated(tool_name: str, ctx: ToolContext) -> Simulate:
 # --- shared helpers ----------------------------------------------------------------------------
 
 
-@contextmanager
-def _db(ctx: ToolContext) -> Iterator[psycopg.Connection[TupleRow]]:
-    """A pooled connection in a transaction; an unreachable database is worth a retry."""
-    try:
-        with ctx.resources.db.connection() as conn:
-            yield conn
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise TransientToolError(f"the onboarding database is unreachable: {exc}") from exc
+_UNDO: Final = (
+    "update {table} set {mark} = coalesce({mark}, now()) where {column} = %s returning {id}, {mark}"
+)
+
+
+def _undo(
+    ctx: ToolContext, table: str, id_column: str, mark: str, ident: str | None
+) -> tuple[str | None, datetime | None]:
+    """Set ``mark`` on the row ``ident`` (without it: the row the undone effect's key made),
+    keeping the first time; ``(ident, None)`` when there is no such row, as nothing is to undo.
+
+    The compensation's fence claims the undone key first, so a late attempt of the action is
+    refused afterwards and one in flight is waited for.
+    """
+    column, value = (id_column, ident) if ident is not None else ("idempotency_key", _undoes(ctx))
+    query = sql.SQL(_UNDO).format(
+        table=sql.Identifier(table),
+        mark=sql.Identifier(mark),
+        column=sql.Identifier(column),
+        id=sql.Identifier(id_column),
+    )
+    with fenced(ctx) as conn:
+        row = conn.execute(query, (value,)).fetchone()
+    return (row[0], row[1]) if row else (ident, None)
+
+
+def _undoes(ctx: ToolContext) -> str:
+    if ctx.undoes is None:
+        raise PermanentToolError(
+            "nothing says what to undo: give the id, or run it as a compensation naming the key "
+            "of the effect it undoes"
+        )
+    return ctx.undoes
 
 
 def _new_id(prefix: str, length: int) -> str:
@@ -252,11 +278,13 @@ class Organisation(BaseModel):
 
 
 class OrganisationRef(BaseModel):
-    org_id: str = Field(description="the organisation to act on")
+    org_id: str | None = Field(
+        None, description="the organisation to delete; when omitted, the one the undone step made"
+    )
 
 
 class OrganisationDeleted(BaseModel):
-    org_id: str
+    org_id: str | None = Field(description="null when none was found")
     deleted_at: datetime | None = Field(description="null when there was no such organisation")
 
 
@@ -295,7 +323,7 @@ def create_organisation(args: OrganisationArgs, ctx: ToolContext) -> Organisatio
     Undone by delete_organisation.
     """
     switches = _simulated("create_organisation", ctx)
-    with _db(ctx) as conn:
+    with fenced(ctx) as conn:
         # No conflict target: a repeat (same key) and a taken slug both insert nothing, and the
         # select below tells them apart.
         conn.execute(
@@ -323,17 +351,13 @@ def create_organisation(args: OrganisationArgs, ctx: ToolContext) -> Organisatio
 def delete_organisation(args: OrganisationRef, ctx: ToolContext) -> OrganisationDeleted:
     """Undo create_organisation: mark the organisation deleted, freeing its slug.
 
-    The record is kept with its deletion time; deleting it again keeps the first time. Returns
-    deleted_at null when there is no such organisation, as there is nothing to undo.
+    The record is kept with its deletion time; deleting it again keeps the first time. Without
+    org_id it deletes the organisation the undone step created. Returns deleted_at null when
+    there is no such organisation, as there is nothing to undo.
     """
     _simulated("delete_organisation", ctx)
-    with _db(ctx) as conn:
-        row = conn.execute(
-            "update onboarding_organisations set deleted_at = coalesce(deleted_at, now()) "
-            "where org_id = %s returning deleted_at",
-            (args.org_id,),
-        ).fetchone()
-    return OrganisationDeleted(org_id=args.org_id, deleted_at=row[0] if row else None)
+    org_id, deleted_at = _undo(ctx, "onboarding_organisations", "org_id", "deleted_at", args.org_id)
+    return OrganisationDeleted(org_id=org_id, deleted_at=deleted_at)
 
 
 # --- provision_infrastructure / deprovision_infrastructure -------------------------------------
@@ -397,25 +421,23 @@ def _write_once(path: Path, content: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _provision(tenant: Path, component: str, args: InfrastructureArgs, ctx: ToolContext) -> None:
-    path = tenant / f"{component}.json"
-    if path.exists():
-        owner = json.loads(path.read_text(encoding="utf-8")).get("org_id")
-        if owner != args.org_id:
-            raise PermanentToolError(
-                f"{path} belongs to organisation {owner}, not {args.org_id}",
-                details={"path": str(path), "org_id": owner},
-            )
+def _require_own(path: Path, org_id: str) -> None:
+    """Refuse a manifest another organisation wrote (before anything is written)."""
+    if not path.exists():
         return
-    _write_once(path, _manifest(component, args, ctx))
+    owner = json.loads(path.read_text(encoding="utf-8")).get("org_id")
+    if owner != org_id:
+        raise PermanentToolError(
+            f"{path} belongs to organisation {owner}, not {org_id}",
+            details={"path": str(path), "org_id": owner},
+        )
 
 
-def _require_live_org(ctx: ToolContext, org_id: str) -> None:
-    with _db(ctx) as conn:
-        row = conn.execute(
-            "select 1 from onboarding_organisations where org_id = %s and deleted_at is null",
-            (org_id,),
-        ).fetchone()
+def _require_live_org(conn: psycopg.Connection[TupleRow], org_id: str) -> None:
+    row = conn.execute(
+        "select 1 from onboarding_organisations where org_id = %s and deleted_at is null",
+        (org_id,),
+    ).fetchone()
     if row is None:
         raise PermanentToolError(f"there is no live organisation {org_id}")
 
@@ -436,13 +458,20 @@ def provision_infrastructure(args: InfrastructureArgs, ctx: ToolContext) -> Infr
     leaves what exists as it is. Fails permanently for an unknown or deleted organisation.
     """
     switches = _simulated("provision_infrastructure", ctx)
-    _require_live_org(ctx, args.org_id)
     tenant = _tenant_dir(ctx, args.slug)
-    tenant.mkdir(parents=True, exist_ok=True)
     stop = len(COMPONENTS) if switches.partial_after is None else switches.partial_after
     done = list(COMPONENTS[:stop])
-    for component in done:
-        _provision(tenant, component, args, ctx)
+    paths = [tenant / f"{component}.json" for component in done]
+    # The fence stays claimed while the files are written: a compensation of this step waits
+    # for them, and the partial failure below is raised only once the claim is committed.
+    with fenced(ctx) as conn:
+        _require_live_org(conn, args.org_id)
+        for path in paths:
+            _require_own(path, args.org_id)
+        ctx.checkpoint()  # the last point at which stopping leaves nothing done
+        tenant.mkdir(parents=True, exist_ok=True)
+        for component, path in zip(done, paths, strict=True):
+            _write_once(path, _manifest(component, args, ctx))
     if switches.partial_after is not None:
         raise PartialToolError(
             f"provisioning stopped after {len(done)} of {len(COMPONENTS)} components (simulated)",
@@ -463,15 +492,17 @@ def deprovision_infrastructure(args: DeprovisionArgs, ctx: ToolContext) -> Depro
     """Undo provision_infrastructure: remove the given components (all when omitted).
 
     Removes the tenant folder once it is empty. Components already gone are fine; the result
-    lists the components that are now absent.
+    lists the components that are now absent. As a compensation it first waits for a provision
+    still writing under the undone step's key, and refuses that step's later attempts.
     """
     _simulated("deprovision_infrastructure", ctx)
     tenant = _tenant_dir(ctx, args.slug)
     targets = list(COMPONENTS) if args.components is None else list(args.components)
-    for component in targets:
-        (tenant / f"{component}.json").unlink(missing_ok=True)
-    if tenant.is_dir() and not any(tenant.iterdir()):
-        tenant.rmdir()
+    with fenced(ctx):
+        for component in targets:
+            (tenant / f"{component}.json").unlink(missing_ok=True)
+        if tenant.is_dir() and not any(tenant.iterdir()):
+            tenant.rmdir()
     return Deprovisioned(slug=args.slug, components=targets)
 
 
@@ -492,11 +523,13 @@ class BillingAccount(BaseModel):
 
 
 class BillingRef(BaseModel):
-    account_id: str = Field(description="the billing account to cancel")
+    account_id: str | None = Field(
+        None, description="the billing account to cancel; when omitted, the undone step's"
+    )
 
 
 class BillingCancelled(BaseModel):
-    account_id: str
+    account_id: str | None = Field(description="null when none was found")
     cancelled_at: datetime | None = Field(description="null when there was no such account")
 
 
@@ -531,7 +564,7 @@ def configure_billing(args: BillingArgs, ctx: ToolContext) -> BillingAccount:
     account. Undone by cancel_billing.
     """
     switches = _simulated("configure_billing", ctx)
-    with _db(ctx) as conn:
+    with fenced(ctx) as conn:
         # Insert-from-select: the account is only opened for a live organisation.
         conn.execute(
             "insert into onboarding_billing_accounts "
@@ -558,17 +591,15 @@ def configure_billing(args: BillingArgs, ctx: ToolContext) -> BillingAccount:
 def cancel_billing(args: BillingRef, ctx: ToolContext) -> BillingCancelled:
     """Undo configure_billing: cancel the billing account.
 
-    Cancelling again keeps the first cancellation time. Returns cancelled_at null when there is
-    no such account, as there is nothing to undo.
+    Cancelling again keeps the first cancellation time. Without account_id it cancels the
+    account the undone step opened. Returns cancelled_at null when there is no such account, as
+    there is nothing to undo.
     """
     _simulated("cancel_billing", ctx)
-    with _db(ctx) as conn:
-        row = conn.execute(
-            "update onboarding_billing_accounts set cancelled_at = coalesce(cancelled_at, now()) "
-            "where account_id = %s returning cancelled_at",
-            (args.account_id,),
-        ).fetchone()
-    return BillingCancelled(account_id=args.account_id, cancelled_at=row[0] if row else None)
+    account_id, cancelled_at = _undo(
+        ctx, "onboarding_billing_accounts", "account_id", "cancelled_at", args.account_id
+    )
+    return BillingCancelled(account_id=account_id, cancelled_at=cancelled_at)
 
 
 # --- send_onboarding_email / retract_onboarding_email ------------------------------------------
@@ -586,12 +617,19 @@ class EmailSent(BaseModel):
 
 
 class MessageRef(BaseModel):
-    message_id: str = Field(description="the message to retract")
+    message_id: str | None = Field(
+        None, description="the message to retract; when omitted, the one the undone step sent"
+    )
 
 
 class Retracted(BaseModel):
-    message_id: str
+    message_id: str | None = Field(description="null when none was found")
     retracted_at: datetime | None = Field(description="null when there was no such message")
+
+
+def _retract(ctx: ToolContext, table: str, args: MessageRef) -> Retracted:
+    message_id, retracted_at = _undo(ctx, table, "id", "retracted_at", args.message_id)
+    return Retracted(message_id=message_id, retracted_at=retracted_at)
 
 
 def _same_recipient(args: EmailArgs, result: EmailSent) -> str | None:
@@ -629,7 +667,7 @@ def send_onboarding_email(args: EmailArgs, ctx: ToolContext) -> EmailSent:
     if not _EMAIL.match(to):
         raise PermanentToolError(f"{args.to!r} is not an email address")
     subject, body = _welcome(args.company, args.org_id)
-    with _db(ctx) as conn:
+    with fenced(ctx) as conn:
         conn.execute(
             "insert into onboarding_emails (id, to_address, subject, body, idempotency_key) "
             "values (%s, %s, %s, %s, %s) on conflict (idempotency_key) do nothing",
@@ -650,17 +688,12 @@ def retract_onboarding_email(args: MessageRef, ctx: ToolContext) -> Retracted:
     """Undo send_onboarding_email as far as possible: mark the email retracted in the outbox.
 
     Mail that has been sent cannot be unsent; the mark records that the onboarding it announced
-    was rolled back, so a correction can follow. Retracting again keeps the first time. Returns
-    retracted_at null when there is no such message.
+    was rolled back, so a correction can follow. Retracting again keeps the first time. Without
+    message_id it retracts the email the undone step sent. Returns retracted_at null when there
+    is no such message.
     """
     _simulated("retract_onboarding_email", ctx)
-    with _db(ctx) as conn:
-        row = conn.execute(
-            "update onboarding_emails set retracted_at = coalesce(retracted_at, now()) "
-            "where id = %s returning retracted_at",
-            (args.message_id,),
-        ).fetchone()
-    return Retracted(message_id=args.message_id, retracted_at=row[0] if row else None)
+    return _retract(ctx, "onboarding_emails", args)
 
 
 # --- notify_team_channel / retract_channel_message ---------------------------------------------
@@ -698,7 +731,7 @@ def notify_team_channel(args: NotifyArgs, ctx: ToolContext) -> ChannelMessage:
     second message. Undone by retract_channel_message.
     """
     switches = _simulated("notify_team_channel", ctx)
-    with _db(ctx) as conn:
+    with fenced(ctx) as conn:
         conn.execute(
             "insert into onboarding_channel_messages (id, channel, text, idempotency_key) "
             "values (%s, %s, %s, %s) on conflict (idempotency_key) do nothing",
@@ -718,17 +751,11 @@ def notify_team_channel(args: NotifyArgs, ctx: ToolContext) -> ChannelMessage:
 def retract_channel_message(args: MessageRef, ctx: ToolContext) -> Retracted:
     """Undo notify_team_channel: mark the channel message retracted.
 
-    Retracting again keeps the first time. Returns retracted_at null when there is no such
-    message.
+    Retracting again keeps the first time. Without message_id it retracts the message the
+    undone step posted. Returns retracted_at null when there is no such message.
     """
     _simulated("retract_channel_message", ctx)
-    with _db(ctx) as conn:
-        row = conn.execute(
-            "update onboarding_channel_messages set retracted_at = coalesce(retracted_at, now()) "
-            "where id = %s returning retracted_at",
-            (args.message_id,),
-        ).fetchone()
-    return Retracted(message_id=args.message_id, retracted_at=row[0] if row else None)
+    return _retract(ctx, "onboarding_channel_messages", args)
 
 
 ONBOARDING_TOOLS: tuple[Tool[Any, Any], ...] = (

@@ -8,13 +8,15 @@ A worker holds no state of its own. It validates the call against the tool regis
 tool or invalid arguments is a categorised TaskFailed, never a crash), takes a lease that a
 heartbeat keeps alive while the tool runs, enforces the tool's timeout and rate limit, and reports
 the typed result. Tools are idempotent by the task's idempotency key, so a task re-delivered after
-a crash repeats no side effect.
+a crash repeats no side effect; the task's fencing token goes with the call, so a superseded
+attempt cannot act, and a call the worker stops waiting for is told to stop.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -32,22 +34,22 @@ from agents.ledger.db import remember
 from agents.runtime.consumer import Delivery, Item
 from agents.runtime.crash import crashpoint
 from agents.runtime.shortlived import CancelFlags, Lease, Leases, RateLimiter, ReplayCache
-from agents.tools.base import Registry, Tool, ToolContext, ToolError, ToolResources
+from agents.tools.base import (
+    CancelledError,
+    Registry,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolResources,
+    ToolTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 AGENT = "worker"
 _REMEMBERED_GOALS = 4096
 
 
-class ToolTimeoutError(ToolError):
-    category = "timeout"
-    retryable = True
-
-
-class CancelledError(ToolError):
-    """The task's goal was cancelled before the tool ran."""
-
-    category = "cancelled"
+__all__ = ["CancelledError", "ForbiddenToolError", "ToolTimeoutError", "Worker"]
 
 
 class ForbiddenToolError(ToolError):
@@ -101,7 +103,7 @@ class Worker:
         self._worker_id = worker_id
         self._pools = frozenset(pools)
         # Tool calls run here so a timeout can be enforced; a call that overstays is reported
-        # as timed out and left to finish on its own (its effect is idempotent).
+        # as timed out and told to stop (its effect is idempotent and fenced if it goes on).
         self._calls = ThreadPoolExecutor(max_parallel_tools, thread_name_prefix="tool")
 
     def serves(self, pool: str) -> bool:
@@ -217,17 +219,9 @@ class Worker:
         args = tool.parse_args(event.arguments)
         if tool.rate_limit_per_s is not None:
             self._limiter.wait_turn(tool.name, tool.rate_limit_per_s)
-        context = self._context(event)
-        future = None if tool.inline else self._calls.submit(tool.run, args, context)
+        timeout_s = event.timeout_s or tool.timeout_s
         try:
-            if future is None:
-                result = tool.run(args, context)
-            else:
-                result = future.result(timeout=event.timeout_s or tool.timeout_s)
-        except FutureTimeout as exc:
-            raise ToolTimeoutError(
-                f"{tool.name} did not finish within {event.timeout_s:g}s"
-            ) from exc
+            result = self._invoke(tool, args, self._context(event, timeout_s), timeout_s)
         except ToolError:
             raise
         except Exception as exc:  # a tool bug is the tool's failure, not the worker's
@@ -235,7 +229,24 @@ class Worker:
             raise ToolError(f"{tool.name} raised {type(exc).__name__}: {exc}") from exc
         return _checked(tool, result)
 
-    def _context(self, event: ev.TaskAssigned) -> ToolContext:
+    def _invoke(
+        self, tool: Tool[Any, Any], args: BaseModel, context: ToolContext, timeout_s: float
+    ) -> Any:
+        """Run the call, on a thread of its own unless inline, for at most ``timeout_s``."""
+        if tool.inline:
+            return tool.run(args, context)
+        future = self._calls.submit(tool.run, args, context)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout as exc:
+            # Told to stop (``ctx.cancelled()``): left running, the call could act after a newer
+            # attempt or the rollback; one that has not started yet never runs.
+            context.given_up.set()
+            future.cancel()
+            raise ToolTimeoutError(f"{tool.name} did not finish within {timeout_s:g}s") from exc
+
+    def _context(self, event: ev.TaskAssigned, timeout_s: float) -> ToolContext:
+        goal_id, action = event.goal_id, event.kind == "action"
         return ToolContext(
             goal_id=event.goal_id,
             task_id=event.task_id,
@@ -245,7 +256,11 @@ class Worker:
             goal_input=_GoalInput(lambda: self._goal_input(event.goal_id)),
             resources=self._resources,
             feedback=event.feedback,
-            cancelled=lambda: self._cancelled(event.goal_id),
+            # A compensation runs because its goal ended: the goal's cancel flag is not for it.
+            goal_cancelled=lambda: action and self._cancelled(goal_id),
+            fence=event.fence,
+            undoes=event.undoes,
+            deadline=time.monotonic() + timeout_s,
         )
 
     def _goal_input(self, goal_id: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The onboarding tools against a real Postgres: effects, idempotency, switches, compensations.
+"""The onboarding tools against a real Postgres: effects, idempotency, switches, compensations,
+fencing and stopping.
 
 The module runs on a database of its own, created on the stack's server, migrated, and dropped at
 the end, so it shares nothing with other tests that use the same server.
@@ -7,8 +8,10 @@ the end, so it shares nothing with other tests that use the same server.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +25,25 @@ from pydantic import BaseModel
 from agents.ledger.migrate import migrate
 from agents.runtime.settings import MeshSettings
 from agents.tools.base import (
+    COMPENSATION_FENCE,
+    CancelledError,
     PartialToolError,
     PermanentToolError,
+    SupersededError,
     Tool,
     ToolContext,
+    ToolError,
     ToolResources,
+    ToolTimeoutError,
     TransientToolError,
+    action_fence,
 )
 from agents.tools.onboarding import (
     COMPONENTS,
     ONBOARDING_TOOLS,
     onboarding_registry,
 )
-from tests.support import unique
+from tests.support import assert_eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +98,11 @@ MakeContext = Callable[..., ToolContext]
 @pytest.fixture
 def make_ctx(resources: ToolResources) -> MakeContext:
     def make(
-        key: str | None = None, *, simulate: dict[str, Any] | None = None, attempt: int = 1
+        key: str | None = None,
+        *,
+        simulate: dict[str, Any] | None = None,
+        attempt: int = 1,
+        **fields: Any,
     ) -> ToolContext:
         return ToolContext(
             goal_id="goal-1",
@@ -99,6 +112,7 @@ def make_ctx(resources: ToolResources) -> MakeContext:
             idempotency_key=key or unique("key-"),
             goal_input={"simulate": simulate} if simulate else {},
             resources=resources,
+            **fields,
         )
 
     return make
@@ -462,3 +476,227 @@ def test_partial_after_provisions_some_components_then_fails(
 
     call("deprovision_infrastructure", {"slug": org.slug, "components": done}, make_ctx())
     assert not tenant.exists()
+
+
+# --- fencing and undoing by key -------------------------------------------------------------------
+
+EFFECTFUL = (
+    "create_organisation",
+    "provision_infrastructure",
+    "configure_billing",
+    "send_onboarding_email",
+    "notify_team_channel",
+)
+UNDOES = [  # (action, its compensation, the table, the column the compensation sets)
+    ("create_organisation", "delete_organisation", "onboarding_organisations", "deleted_at"),
+    ("configure_billing", "cancel_billing", "onboarding_billing_accounts", "cancelled_at"),
+    ("send_onboarding_email", "retract_onboarding_email", "onboarding_emails", "retracted_at"),
+    (
+        "notify_team_channel",
+        "retract_channel_message",
+        "onboarding_channel_messages",
+        "retracted_at",
+    ),
+]
+
+UNDONE_MARK = {compensation: mark for _, compensation, _, mark in UNDOES}
+
+
+def fence(pool: ConnectionPool, key: str) -> Any:
+    return column(pool, "select token from effect_fences where idempotency_key = %s", key)
+
+
+def claim(pool: ConnectionPool, key: str, token: int) -> None:
+    """A newer attempt's claim on ``key``, as ``fenced`` leaves it."""
+    with pool.connection() as conn:
+        conn.execute(
+            "insert into effect_fences (idempotency_key, token) values (%s, %s)", (key, token)
+        )
+
+
+def acted(pool: ConnectionPool, tmp_path: Path, key: str) -> bool:
+    """Whether anything was made under ``key``: a row, or a tenant folder."""
+    return effects(pool, key) > 0 or (tmp_path / "tenants").exists()
+
+
+def undo_by_key(compensation: str, key: str, make_ctx: MakeContext, slug: str) -> Any:
+    """Run ``compensation`` as a rollback does when the undone step's result never arrived."""
+    arguments = {"slug": slug} if compensation == "deprovision_infrastructure" else {}
+    return call(compensation, arguments, make_ctx(fence=COMPENSATION_FENCE, undoes=key))
+
+
+@pytest.mark.parametrize("name", EFFECTFUL)
+def test_a_stale_token_is_refused_as_superseded_and_changes_nothing(
+    name: str, make_ctx: MakeContext, org: Any, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    key = unique("key-")
+    claim(pool, key, action_fence(2, 1))
+
+    with pytest.raises(SupersededError) as caught:
+        call(name, action_arguments(name, org), make_ctx(key, fence=action_fence(1, 3)))
+
+    assert (caught.value.category, caught.value.retryable) == ("superseded", False)
+    assert not acted(pool, tmp_path, key)
+    assert fence(pool, key) == action_fence(2, 1)
+
+
+@pytest.mark.parametrize("name", EFFECTFUL)
+def test_a_higher_or_equal_token_acts_and_raises_the_fence(
+    name: str, make_ctx: MakeContext, org: Any, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    key = unique("key-")
+    arguments = action_arguments(name, org)
+    claim(pool, key, action_fence(1, 1))
+
+    first = call(name, arguments, make_ctx(key, fence=action_fence(1, 2)))
+    again = call(name, arguments, make_ctx(key, fence=action_fence(1, 2)))
+
+    assert first == again
+    assert acted(pool, tmp_path, key)
+    assert fence(pool, key) == action_fence(1, 2)
+
+
+def test_an_unfenced_call_claims_nothing(make_ctx: MakeContext, pool: ConnectionPool) -> None:
+    ctx = make_ctx()
+    call("notify_team_channel", {"text": "hi"}, ctx)
+    assert fence(pool, ctx.idempotency_key) is None
+
+
+@pytest.mark.parametrize(("action", "compensation", "table", "mark"), UNDOES)
+def test_a_compensation_undoes_by_key_and_then_refuses_the_original(
+    action: str,
+    compensation: str,
+    table: str,
+    mark: str,
+    make_ctx: MakeContext,
+    org: Any,
+    pool: ConnectionPool,
+) -> None:
+    key = unique("key-")
+    arguments = action_arguments(action, org)
+    call(action, arguments, make_ctx(key, fence=action_fence(1, 1)))
+
+    undone = undo_by_key(compensation, key, make_ctx, org.slug)
+
+    query = f"select {mark} from {table} where idempotency_key = %s"
+    assert getattr(undone, mark) is not None
+    assert column(pool, query, key) == getattr(undone, mark)
+    assert undo_by_key(compensation, key, make_ctx, org.slug) == undone  # keeps the first time
+    with pytest.raises(SupersededError):
+        call(action, arguments, make_ctx(key, fence=action_fence(1, 2), attempt=2))
+    assert effects(pool, key) == 1
+
+
+def test_deprovision_by_key_removes_the_files_and_then_refuses_the_original(
+    make_ctx: MakeContext, org: Any, tmp_path: Path
+) -> None:
+    key = unique("key-")
+    arguments = action_arguments("provision_infrastructure", org)
+    call("provision_infrastructure", arguments, make_ctx(key, fence=action_fence(1, 1)))
+
+    undo_by_key("deprovision_infrastructure", key, make_ctx, org.slug)
+
+    assert not (tmp_path / "tenants" / org.slug).exists()
+    with pytest.raises(SupersededError):
+        call("provision_infrastructure", arguments, make_ctx(key, fence=action_fence(1, 2)))
+    assert not (tmp_path / "tenants" / org.slug).exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "compensation"),
+    [(a, c) for a, c, _, _ in UNDOES]
+    + [("provision_infrastructure", "deprovision_infrastructure")],
+)
+def test_compensating_a_key_without_an_effect_succeeds_and_fences_the_key(
+    action: str,
+    compensation: str,
+    make_ctx: MakeContext,
+    org: Any,
+    pool: ConnectionPool,
+    tmp_path: Path,
+) -> None:
+    key = unique("key-")
+
+    undone = undo_by_key(compensation, key, make_ctx, org.slug)
+
+    if compensation in UNDONE_MARK:
+        assert getattr(undone, UNDONE_MARK[compensation]) is None  # nothing to undo
+    with pytest.raises(SupersededError):
+        call(action, action_arguments(action, org), make_ctx(key, fence=action_fence(9, 9)))
+    assert not acted(pool, tmp_path, key)
+
+
+@pytest.mark.parametrize("compensation", [c for _, c, _, _ in UNDOES])
+def test_a_compensation_without_id_or_undone_key_is_refused(
+    compensation: str, make_ctx: MakeContext
+) -> None:
+    with pytest.raises(PermanentToolError):
+        call(compensation, {}, make_ctx(fence=COMPENSATION_FENCE))
+
+
+@pytest.mark.parametrize("name", ["notify_team_channel", "provision_infrastructure"])
+@pytest.mark.parametrize(
+    ("how", "error"), [("given_up", ToolTimeoutError), ("goal_cancelled", CancelledError)]
+)
+def test_a_slow_call_told_to_stop_stops_without_effect(
+    name: str,
+    how: str,
+    error: type[ToolError],
+    make_ctx: MakeContext,
+    org: Any,
+    pool: ConnectionPool,
+    tmp_path: Path,
+) -> None:
+    stop = threading.Event()
+    told = {"given_up": stop} if how == "given_up" else {"goal_cancelled": stop.is_set}
+    ctx = make_ctx(simulate={name: {"delay_s": 120}}, **told)
+    with ThreadPoolExecutor(1) as thread:
+        running = thread.submit(call, name, action_arguments(name, org), ctx)
+        stop.set()
+        assert isinstance(running.exception(timeout=10), error)
+    assert not acted(pool, tmp_path, ctx.idempotency_key)
+
+
+def test_a_provision_past_its_deadline_does_nothing(
+    make_ctx: MakeContext, org: Any, tmp_path: Path
+) -> None:
+    arguments = action_arguments("provision_infrastructure", org)
+    with pytest.raises(ToolTimeoutError):
+        call("provision_infrastructure", arguments, make_ctx(deadline=time.monotonic()))
+    assert not (tmp_path / "tenants").exists()
+
+
+def waiting_for_a_lock(pool: ConnectionPool) -> bool:
+    """Whether a session of this test database waits for a lock (a fence held by another)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "select exists (select from pg_stat_activity "
+            "where datname = current_database() and wait_event_type = 'Lock')"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_compensation_waits_for_a_provision_in_flight_then_removes_its_files(
+    make_ctx: MakeContext, org: Any, tmp_path: Path, pool: ConnectionPool
+) -> None:
+    key = unique("key-")
+    inside, release = threading.Event(), threading.Event()
+
+    def held() -> bool:
+        # Read by provision's checkpoint, with its fence claimed and no file written yet: it
+        # keeps the call in flight until released.
+        inside.set()
+        return not release.wait(30)
+
+    arguments = action_arguments("provision_infrastructure", org)
+    in_flight = make_ctx(key, fence=action_fence(1, 1), goal_cancelled=held)
+    with ThreadPoolExecutor(2) as threads:
+        provisioned = threads.submit(call, "provision_infrastructure", arguments, in_flight)
+        assert inside.wait(10)
+        removed = threads.submit(undo_by_key, "deprovision_infrastructure", key, make_ctx, org.slug)
+        assert_eventually(lambda: waiting_for_a_lock(pool), what="the compensation waits")
+        assert not removed.done()
+        release.set()
+        assert provisioned.result(timeout=10).components == list(COMPONENTS)
+        assert removed.result(timeout=10).components == list(COMPONENTS)
+    assert not (tmp_path / "tenants" / org.slug).exists()

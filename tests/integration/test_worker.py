@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,19 @@ from agents import events as ev
 from agents.ledger.db import open_pool
 from agents.runtime.consumer import Delivery
 from agents.runtime.settings import MeshSettings
-from agents.runtime.shortlived import Leases, RateLimiter, ReplayCache
-from agents.tools.base import Registry, Tool, ToolContext, ToolResources
+from agents.runtime.shortlived import CancelFlags, Leases, RateLimiter, ReplayCache
+from agents.tools.base import (
+    COMPENSATION_FENCE,
+    Registry,
+    Tool,
+    ToolContext,
+    ToolResources,
+    action_fence,
+)
 from agents.tools.catalogue import default_registry
 from agents.worker.agent import Worker
 from schemas.codec import Codec
-from tests.support import unique
+from tests.support import assert_eventually, unique
 
 pytestmark = pytest.mark.integration
 DELIVERY = Delivery("t", 0, 0, None, (), 0, None)
@@ -56,7 +64,9 @@ def worker(
     )
 
 
-def assign(tool: str, arguments: dict[str, Any], timeout_s: float = 5.0) -> ev.TaskAssigned:
+def assign(
+    tool: str, arguments: dict[str, Any], timeout_s: float = 5.0, **fields: Any
+) -> ev.TaskAssigned:
     goal = unique("goal-")
     return ev.TaskAssigned(
         envelope=ev.Envelope(goal_id=goal),
@@ -67,6 +77,7 @@ def assign(tool: str, arguments: dict[str, Any], timeout_s: float = 5.0) -> ev.T
         arguments=arguments,
         idempotency_key=f"{goal}:s",
         timeout_s=timeout_s,
+        **fields,
     )
 
 
@@ -190,3 +201,73 @@ def test_inline_tools_run_on_the_handling_thread_and_others_on_a_thread_of_their
         name: w.runs_inline(assign(name, {})) for name in ("quick", "slow", "limited", "nope")
     }
     assert inline == {"quick": True, "slow": False, "limited": False, "nope": True}
+
+
+def _context_tools(seen: list[ToolContext], stopped: list[bool]) -> Registry:
+    """``look`` records its context; ``wait`` waits until the worker gives up on it and records
+    that it was told so."""
+
+    def look(args: _Value, ctx: ToolContext) -> _Value:
+        seen.append(ctx)
+        return args
+
+    def wait(args: _Value, ctx: ToolContext) -> _Value:
+        stopped.append(ctx.given_up.wait(60) and ctx.cancelled())
+        return args
+
+    return Registry(
+        [Tool("look", "look", _Value, _Value, look), Tool("wait", "wait", _Value, _Value, wait)]
+    )
+
+
+def test_the_call_gets_the_tasks_fence_undone_key_and_deadline(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    seen: list[ToolContext] = []
+    w = worker(mesh_settings, pool, tmp_path, registry=_context_tools(seen, []))
+    before = time.monotonic()
+    task = assign("look", {}, timeout_s=7, fence=COMPENSATION_FENCE, undoes="g:s:1")
+    assert isinstance(outcome(w, task), ev.TaskCompleted)
+    (ctx,) = seen
+    assert (ctx.fence, ctx.undoes) == (COMPENSATION_FENCE, "g:s:1")
+    assert ctx.deadline is not None and before + 7 <= ctx.deadline <= time.monotonic() + 7
+
+
+def test_a_timed_out_call_is_told_to_stop(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    stopped: list[bool] = []
+    w = worker(mesh_settings, pool, tmp_path, registry=_context_tools([], stopped))
+    result = outcome(w, assign("wait", {}, timeout_s=0.2, fence=action_fence(1, 1)))
+    assert isinstance(result, ev.TaskFailed)
+    assert (result.category, result.retryable) == ("timeout", True)
+    assert assert_eventually(lambda: stopped, timeout=5, what="the call stopped") == [True]
+
+
+def _flags(settings: MeshSettings) -> CancelFlags:
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    return CancelFlags(client, prefix=settings.topic_prefix)
+
+
+def test_a_pause_stops_as_cancelled_when_its_goal_is_cancelled(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    flags = _flags(mesh_settings)
+    w = worker(mesh_settings, pool, tmp_path, flags=flags)
+    task = assign("pause", {"seconds": 60}, timeout_s=90)
+    with ThreadPoolExecutor(1) as thread:
+        running = thread.submit(outcome, w, task)
+        flags.raise_flag(task.goal_id)
+        result = running.result(timeout=10)
+    assert isinstance(result, ev.TaskFailed)
+    assert (result.category, result.retryable) == ("cancelled", False)
+
+
+def test_a_compensation_runs_although_its_goal_is_cancelled(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    flags = _flags(mesh_settings)
+    w = worker(mesh_settings, pool, tmp_path, flags=flags)
+    task = assign("pause", {"seconds": 0.1}, kind="compensation", fence=COMPENSATION_FENCE)
+    flags.raise_flag(task.goal_id)
+    assert isinstance(outcome(w, task), ev.TaskCompleted)
