@@ -12,6 +12,10 @@ import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from agents import events as ev
+from agents.enums import GoalStatus
+from agents.planner.changes import GoalPut
+from agents.planner.state import Goal
 from agents.runtime.fleet import Fleet
 from agents.runtime.kafka import client_config, coordinator_busy, groups_settled
 from agents.runtime.settings import MeshSettings
@@ -106,3 +110,20 @@ def wait_for_group_coordinator(settings: MeshSettings, timeout: float = 60.0) ->
         return True
 
     assert_eventually(answers, timeout=timeout, interval=0.2, what="the group coordinator")
+
+
+def stored(goal: ev.GoalSubmitted) -> GoalPut:
+    """The goal's row as the planner takes it in."""
+    return GoalPut(
+        Goal(
+            goal_id=goal.goal_id,
+            status=GoalStatus.PLANNING,
+            max_steps=goal.max_steps,
+            submitted_at=goal.envelope.occurred_at,
+            confidence_threshold=goal.confidence_threshold,
+        ),
+        new=True,
+        text=goal.text,
+        input=goal.input,
+        submitted_by=goal.submitted_by,
+    )

@@ -107,6 +107,7 @@ def run(settings: MeshSettings) -> int:
             no_progress=settings.no_progress_limit,
             escalation_ttl_s=settings.escalation_ttl_s,
             escalation_default=settings.escalation_default,
+            infra_retries=settings.infra_retries,
         ),
         on_cancel=flags.raise_flag,
         mesh=settings.topic_prefix,

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from agents.ledger.outbox import relay, store
-from agents.planner import ledger as L  # noqa: N812
+from agents.planner import repository
 from agents.planner.agent import Planner
 from agents.runtime.publisher import Outgoing, Publisher
 from agents.runtime.telemetry import extract, tracer
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def fire_due(pool: ConnectionPool, publisher: Publisher, planner: Planner) -> int:
     """Handle every timer that has come due; returns how many fired."""
     with pool.connection() as conn, conn.transaction():
-        timers = L.due_timers(conn, planner.mesh)
+        timers = repository.take_due_timers(conn, planner.mesh)
         records: list[Outgoing] = []
         for timer in timers:
             try:

@@ -64,6 +64,9 @@ class MeshSettings(BaseSettings):
     no_progress_limit: int = Field(
         20, ge=1, description="verdicts without an accept that end a goal"
     )
+    infra_retries: int = Field(
+        50, ge=0, description="attempts a step may lose to worker deaths and lease expiries"
+    )
     escalation_ttl_s: float = Field(3600.0, gt=0, description="how long a human has to answer")
     escalation_default: Literal["approve", "retry", "abort"] = "abort"
     worker_scopes: str | None = Field(

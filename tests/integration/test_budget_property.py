@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from agents import events as ev
 from agents.engines.offline import OfflineEngine
 from agents.ledger.migrate import migrate
-from agents.planner import ledger as L  # noqa: N812
+from agents.planner import repository
 from agents.planner.agent import Planner
 from agents.runtime.consumer import Delivery
 from agents.runtime.settings import MeshSettings
@@ -151,7 +151,11 @@ def _handle(
 
 
 def _fire(planner: Planner, conn: psycopg.Connection[Any]) -> list[ev.Event]:
-    return [e for timer in L.due_timers(conn, planner.mesh) for e in planner.on_timer(conn, timer)]
+    return [
+        e
+        for timer in repository.take_due_timers(conn, planner.mesh)
+        for e in planner.on_timer(conn, timer)
+    ]
 
 
 def _worker_and_evaluator(

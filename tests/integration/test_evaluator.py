@@ -14,11 +14,12 @@ from agents import events as ev
 from agents.engines.offline import OfflineEngine
 from agents.evaluator.agent import Evaluator
 from agents.ledger.db import open_pool
-from agents.planner import ledger as L  # noqa: N812
+from agents.planner import repository
 from agents.runtime.consumer import Delivery
 from agents.runtime.errors import TransientError
 from agents.runtime.settings import MeshSettings
 from agents.tools.catalogue import default_registry
+from tests.mesh_support import stored
 from tests.support import envelope, unique
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def submit(ledger: ConnectionPool, **goal: Any) -> str:
     goal_id = unique("goal-")
     submitted = ev.GoalSubmitted(envelope=envelope(goal_id), text="welcome Acme", **goal)
     with ledger.connection() as conn:
-        L.insert_goal(conn, submitted, None, MESH)
+        repository.write(conn, [stored(submitted)], mesh=MESH)
     return goal_id
 
 

@@ -11,10 +11,12 @@ from psycopg_pool import ConnectionPool
 
 from agents import events as ev
 from agents.engines.offline import OfflineEngine
+from agents.enums import TimerKind
 from agents.ledger.db import Connection, open_pool
 from agents.ledger.outbox import LedgerSink, forget_seen, store, sweep
-from agents.planner import ledger as L  # noqa: N812
+from agents.planner import repository
 from agents.planner.agent import Planner
+from agents.planner.changes import TimerSet
 from agents.planner.main import INBOX_CHUNK, INBOX_KEEP_S, next_inbox_look
 from agents.runtime.consumer import ConsumerRuntime, Delivery
 from agents.runtime.publisher import Publisher
@@ -22,7 +24,7 @@ from agents.runtime.settings import MeshSettings
 from agents.tools.catalogue import default_registry
 from schemas.codec import Codec
 from tests.kafka_support import read_all
-from tests.mesh_support import ledger_rows
+from tests.mesh_support import ledger_rows, stored
 from tests.support import assert_eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -181,17 +183,15 @@ def test_a_planner_fires_only_the_timers_of_its_own_mesh(pool: ConnectionPool) -
     """Meshes with other topic prefixes may share the ledger; their timers are not ours."""
     goal = ev.GoalSubmitted(envelope=ev.Envelope(goal_id=unique("goal-")), text="scoped")
     ours, theirs = unique("mesh-a."), unique("mesh-b.")
+    timer = TimerSet(goal.goal_id, TimerKind.RETRY, ev.now(), "t", payload={"attempt": 1})
     with pool.connection() as conn, conn.transaction():
-        L.insert_goal(conn, goal, None, ours)
-        L.schedule(
-            conn, goal.goal_id, "retry", ev.now(), mesh=ours, task_id="t", payload={"attempt": 1}
-        )
+        repository.write(conn, [stored(goal), timer], mesh=ours)
     with pool.connection() as conn, conn.transaction():
-        assert L.any_timer_due(conn, theirs).fetchone() == (False,)
-        assert L.any_timer_due(conn, ours).fetchone() == (True,)
-        assert L.due_timers(conn, theirs) == []
+        assert conn.execute(repository.ANY_DUE, (theirs,)).fetchone() == (False,)
+        assert conn.execute(repository.ANY_DUE, (ours,)).fetchone() == (True,)
+        assert repository.take_due_timers(conn, theirs) == []
     with pool.connection() as conn, conn.transaction():
-        assert [t["goal_id"] for t in L.due_timers(conn, ours)] == [goal.goal_id]
+        assert [t["goal_id"] for t in repository.take_due_timers(conn, ours)] == [goal.goal_id]
 
 
 def test_the_inbox_forgets_events_no_topic_can_deliver_again(pool: ConnectionPool) -> None:

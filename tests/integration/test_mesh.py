@@ -222,9 +222,9 @@ def test_goals_handed_between_two_planners_and_back_finish_each_step_once(
     mesh_settings: MeshSettings, tmp_path: Path
 ) -> None:
     """A second planner joins while goals run and leaves again: the goals whose results went to
-    it and came back are read again by the first planner (its kept plans of them are stale),
-    and every step runs once. Goal ids are chosen so every results partition has one, whichever
-    of them the group hands over."""
+    it and came back are read from the ledger by whichever planner holds them, and every step
+    runs once. Goal ids are chosen so every results partition has one, whichever of them the
+    group hands over."""
     steps = [
         {
             "id": f"s{n}",
@@ -246,17 +246,15 @@ def test_goals_handed_between_two_planners_and_back_finish_each_step_once(
         second = fleet.add("planner-2", "planner")
         second.start()
         wait_groups(mesh_settings, {"planner": 2})
-        # The second planner has taken over some goals' results, and so their plans.
-        kept_by = "select count(distinct kept_by) from goals where goal_id = any(%s)"
+        done = "select count(*) from tasks where goal_id = any(%s) and status = 'succeeded'"
+        joined = ledger_rows(mesh_settings, done, (ids,))[0][0]
         assert_eventually(
-            lambda: ledger_rows(mesh_settings, kept_by, (ids,))[0][0] >= 2,
+            lambda: ledger_rows(mesh_settings, done, (ids,))[0][0] >= joined + 2 * len(ids),
             timeout=30,
-            what="the second planner keeping some goals",
+            what="the goals going on with two planners",
         )
-        before = dict(ledger_rows(mesh_settings, _KEPT_BY, (ids,)))
         second.stop()
         finals = [h.wait(90) for h in handles]
-        after = dict(ledger_rows(mesh_settings, _KEPT_BY, (ids,)))
     assert [f.status for f in finals] == ["completed"] * len(handles), finals
     attempts = ledger_rows(
         mesh_settings,
@@ -266,11 +264,6 @@ def test_goals_handed_between_two_planners_and_back_finish_each_step_once(
     )
     assert len(attempts) == len(steps) * len(handles)
     assert set(attempts) == {("succeeded", 1, 1)}
-    # Some goal the second planner kept went back to the first, which took its plan over.
-    assert any(after[g] != before[g] for g in ids), (before, after)
-
-
-_KEPT_BY = "select goal_id, kept_by from goals where goal_id = any(%s)"
 
 
 def _one_goal_id_per_results_partition() -> list[str]:
