@@ -88,6 +88,19 @@ class Decision(StrEnum):
     """End the goal and roll it back (as ``fail``)."""
 
 
+class Answer(StrEnum):
+    """A human's answer to an escalation (or the default an unanswered one takes)."""
+
+    APPROVE = "approve"
+    """Take the step as succeeded and go on."""
+    RETRY = "retry"
+    """Run the step again, with a fresh retry budget."""
+    ABORT = "abort"
+    """Fail the step: the goal ends and rolls back (or, for a compensation, the rollback stops)."""
+    SET = "set"
+    """Run the step again with some arguments changed (a new idempotency key)."""
+
+
 class CompensationPolicy(StrEnum):
     """What a failed or cancelled goal rolls back."""
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from agents import __version__, jsontext
+from agents.enums import Answer, CompensationPolicy, Decision, TaskKind
 
 
 def _parse_json_object(value: Any) -> Any:
@@ -143,8 +144,9 @@ class GoalSubmitted(Event):
     confidence_threshold: float = Field(0.0, description="verdicts below it escalate")
     submitted_by: str = "anonymous"
     max_replans: int = Field(2, description="most new plan versions the goal may use")
-    compensation_policy: str = Field(
-        "all", description="on failure undo: all (every completed step) | dependents | none"
+    compensation_policy: CompensationPolicy = Field(
+        CompensationPolicy.ALL,
+        description="on failure undo: all (every completed step) | dependents | none",
     )
 
 
@@ -165,7 +167,7 @@ class TaskAssigned(Event):
     arguments: JsonObject = Field(default_factory=dict)
     attempt: int = 1
     pool: str = "default"
-    kind: str = Field("action", description="action | compensation")
+    kind: TaskKind = Field(TaskKind.ACTION, description="action | compensation")
     timeout_s: float = 30.0
     idempotency_key: str
     feedback: str | None = Field(None, description="evaluator feedback carried into a retry")
@@ -226,7 +228,9 @@ class TaskEvaluated(Event):
     task_id: str
     step_id: str
     attempt: int
-    decision: str = Field(description="accept | retry | replan | escalate | fail | compensate")
+    decision: Decision = Field(
+        description="accept | retry | replan | escalate | fail | compensate"
+    )
     confidence: float
     reason: str
     feedback: str | None = None
@@ -264,14 +268,14 @@ class EscalationRaised(Event):
     evidence: JsonObject = Field(default_factory=dict)
     options: list[str] = Field(default_factory=list)
     expires_at: datetime | None = None
-    default_action: str = "abort"
+    default_action: Answer = Answer.ABORT
 
 
 class EscalationResolved(Event):
     """A human's answer to an escalation."""
 
     escalation_id: str
-    action: str = Field(description="approve | retry | abort | set")
+    action: Answer = Field(description="approve | retry | abort | set")
     values: JsonObject = Field(default_factory=dict, description="arguments to set, for 'set'")
     resolved_by: str = "anonymous"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -74,8 +75,8 @@ def _type(annotation: Any, info: FieldInfo | None, seen: set[str]) -> AvroType:
         return _union(annotation, seen)
     if origin is list:
         return {"type": "array", "items": _type(get_args(annotation)[0], None, seen)}
-    if origin is Literal:
-        return "string"
+    if origin is Literal or (isinstance(annotation, type) and issubclass(annotation, StrEnum)):
+        return "string"  # an Avro enum would not be FULL_TRANSITIVE: the model checks symbols
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return _record(annotation, seen)
     if annotation in _PRIMITIVES:

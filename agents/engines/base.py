@@ -14,9 +14,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.enums import Decision
 from agents.events import Usage
-
-Decision = Literal["accept", "retry", "replan", "escalate", "fail", "compensate"]
 
 
 class PlanStep(BaseModel):

@@ -190,7 +190,6 @@ class _Turn:
 def _submitted(state: GoalState | None, event: ev.GoalSubmitted, context: Context) -> Decided:
     if state is not None:
         return Decided(state)  # submitted again: already in hand
-    policy = _policy(event.compensation_policy)
     goal = Goal(
         goal_id=event.goal_id,
         status=GoalStatus.PLANNING,
@@ -201,7 +200,7 @@ def _submitted(state: GoalState | None, event: ev.GoalSubmitted, context: Contex
         deadline_at=event.deadline_at,
         confidence_threshold=event.confidence_threshold,
         max_replans=event.max_replans,
-        compensation_policy=policy or CompensationPolicy.ALL,
+        compensation_policy=CompensationPolicy(event.compensation_policy),
     )
     turn = _Turn(GoalState(goal), context, event.event_id)
     turn.new_goal(
@@ -209,22 +208,12 @@ def _submitted(state: GoalState | None, event: ev.GoalSubmitted, context: Contex
     )
     if goal.deadline_at is not None:
         turn.change(TimerSet(goal.goal_id, TimerKind.DEADLINE, goal.deadline_at))
-    if policy is None:
-        _end(turn, "invalid_goal", f"no compensation policy {event.compensation_policy!r}")
-        return turn.decided()
     problem = budget_problem(goal, context.now, counting_steps=False)
     if problem is not None:
         _end(turn, *problem)
     else:
         turn.command(AskForPlan(goal.goal_id, event.event_id))
     return turn.decided()
-
-
-def _policy(value: str) -> CompensationPolicy | None:
-    try:
-        return CompensationPolicy(value)
-    except ValueError:
-        return None
 
 
 def _refused_unknown(event: Refused, context: Context) -> Decided:
