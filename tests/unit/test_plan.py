@@ -1,20 +1,24 @@
-"""Plan validation, reference resolution and the planner's pure decisions."""
+"""Plan validation, reference resolution, a goal state's results and the budget checks (the
+decider's policies are in ``test_decide*``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from agents.engines.base import PlanDraft, PlanInvalid, PlanStep
-from agents.planner import decide
-from agents.planner.decide import GoalRow, TaskRow
+from agents.enums import GoalStatus, TaskStatus
+from agents.planner.budget import budget_problem
 from agents.planner.plan import resolve_arguments, validate_plan
+from agents.planner.state import Goal, GoalState, Task, results_by_step
 from agents.tools.catalogue import default_registry
 
 pytestmark = pytest.mark.unit
 REGISTRY = default_registry()
+NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 def draft(*steps: dict[str, Any]) -> PlanDraft:
@@ -107,66 +111,62 @@ def test_references_resolve_from_results() -> None:
     }
 
 
-def task(step: str, status: str = "pending", deps: tuple[str, ...] = ()) -> TaskRow:
-    return TaskRow(
-        task_id=f"g.1.{step}",
+def task(step: str, status: TaskStatus = TaskStatus.PENDING, version: int = 1) -> Task:
+    return Task(
+        task_id=f"g.{version}.{step}",
+        goal_id="g",
+        plan_version=version,
         step_id=step,
         tool="echo",
         arguments={},
-        depends_on=deps,
+        depends_on=(),
         pool="default",
         status=status,
-        attempt=0,
-        idempotency_key=f"g:{step}",
-        result={"value": step} if status == "succeeded" else None,
+        result={"value": step} if status is TaskStatus.SUCCEEDED else None,
     )
 
 
-def test_ready_tasks_are_pending_with_every_dependency_done() -> None:
+def test_results_are_those_of_the_succeeded_steps() -> None:
     tasks = [
-        task("a", "succeeded"),
-        task("b", "pending", ("a",)),
-        task("c", "pending", ("a", "b")),
-        task("d", "dispatched"),
-        task("e"),
+        task("a", TaskStatus.SUCCEEDED),
+        task("b", TaskStatus.DISPATCHED),
+        task("c", TaskStatus.FAILED),
+        task("d", TaskStatus.SUCCEEDED),
     ]
-    assert [t.step_id for t in decide.ready(tasks)] == ["b", "e"]
-    assert not decide.all_succeeded(tasks)
-    assert decide.results_by_step(tasks) == {"a": {"value": "a"}}
+    assert results_by_step(tasks) == {"a": {"value": "a"}, "d": {"value": "d"}}
 
 
-def goal(**changes: Any) -> GoalRow:
-    base = GoalRow(
-        goal_id="g",
-        text="t",
-        input={},
-        status="running",
-        max_steps=5,
-        max_tokens=None,
-        budget_usd=None,
-        deadline_at=None,
-        plan_version=1,
-        steps_used=0,
-        tokens=0,
-        cost_usd=0.0,
-        submitted_at=datetime.now(UTC),
-    )
-    return GoalRow(**(base.__dict__ | changes))
+def test_the_current_plan_is_the_latest_version_s_actions_in_task_order() -> None:
+    state = GoalState(goal(plan_version=2))
+    for t in (task("b", version=2), task("a", version=1), task("a", version=2)):
+        state = state.with_task(t)
+    assert [t.task_id for t in state.current()] == ["g.2.a", "g.2.b"]
+
+
+def goal(**changes: Any) -> Goal:
+    base = Goal(goal_id="g", status=GoalStatus.RUNNING, max_steps=5, submitted_at=NOW)
+    return replace(base, **{"plan_version": 1, **changes})
 
 
 @pytest.mark.parametrize(
-    ("changes", "expected"),
+    ("changes", "counting_steps", "expected"),
     [
-        ({}, None),
-        ({"steps_used": 4}, None),
-        ({"steps_used": 5}, "budget_steps"),
-        ({"max_tokens": 100, "tokens": 100}, "budget_tokens"),
-        ({"budget_usd": 0.5, "cost_usd": 0.5}, "budget_cost"),
-        ({"deadline_at": datetime.now(UTC) - timedelta(seconds=1)}, "deadline"),
+        ({}, True, None),
+        ({"steps_used": 4}, True, None),
+        ({"steps_used": 5}, True, "budget_steps"),
+        ({"steps_used": 5}, False, None),  # an engine call is not a step
+        ({"max_tokens": 100, "input_tokens": 50, "output_tokens": 50}, True, "budget_tokens"),
+        ({"max_tokens": 100, "input_tokens": 50, "output_tokens": 49}, True, None),
+        ({"max_tokens": 100, "input_tokens": 100}, False, "budget_tokens"),
+        ({"budget_usd": 0.5, "cost_usd": 0.5}, True, "budget_cost"),
+        ({"budget_usd": 0.5, "cost_usd": 0.49}, True, None),
+        ({"deadline_at": NOW - timedelta(seconds=1)}, True, "deadline"),
+        ({"deadline_at": NOW}, False, "deadline"),
+        ({"deadline_at": NOW + timedelta(seconds=1)}, True, None),
     ],
 )
 def test_budgets_are_checked_before_each_dispatch(
-    changes: dict[str, Any], expected: str | None
+    changes: dict[str, Any], counting_steps: bool, expected: str | None
 ) -> None:
-    problem = decide.budget_problem(goal(**changes), datetime.now(UTC))
+    problem = budget_problem(goal(**changes), NOW, counting_steps=counting_steps)
     assert (problem[0] if problem else None) == expected
