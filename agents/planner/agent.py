@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from agents import events as ev
 from agents.engines.base import Engine, EngineError, PlanDraft, PlanRequest
 from agents.enums import TimerKind
-from agents.ledger.db import Connection
+from agents.ledger.db import Connection, remember
 from agents.ledger.outbox import LedgerHandler
 from agents.planner import repository
 from agents.planner.changes import (
@@ -45,6 +45,7 @@ from agents.planner.changes import (
 )
 from agents.planner.decide import Context, Rules, decide
 from agents.planner.plan import validate_plan
+from agents.planner.repository import Versioned
 from agents.planner.retry import Limits
 from agents.planner.state import GoalState
 from agents.runtime.consumer import Delivery, Item, process_span
@@ -55,15 +56,39 @@ log = logging.getLogger(__name__)
 __all__ = ["Limits", "Planner"]
 
 
+KEPT_GOALS = 4096
+"""Goals whose states a planner keeps between its batches, at most (the least recent go)."""
+
+
 @dataclass
 class _Batch:
-    """What the shell holds for one ledger transaction: the goals' states as decided so far,
-    the changes to write, and the text and input of goals taken in (not in the ledger yet)."""
+    """What the shell holds for one ledger transaction: the goals' states as decided so far
+    and the versions they were loaded at, the changes to write, and the text and input of goals
+    taken in (not in the ledger yet)."""
 
     conn: Connection
     states: dict[str, GoalState]
+    versions: dict[str, int] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     texts: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, conn: Connection, goal_ids: Sequence[str], known: Mapping[str, Versioned]
+    ) -> _Batch:
+        loaded = repository.load(conn, goal_ids, known)
+        states = {g: state for g, (_, state) in loaded.items()}
+        return cls(conn, states, {g: version for g, (version, _) in loaded.items()})
+
+    def kept(self) -> dict[str, Versioned]:
+        """After its changes are written: each goal's state at the version the ledger now has
+        (one more for a goal written, 0 for a goal taken in)."""
+        written = {c.goal.goal_id for c in self.changes if isinstance(c, GoalPut)}
+        kept: dict[str, Versioned] = {}
+        for goal_id, state in self.states.items():
+            loaded = self.versions.get(goal_id, -1)  # -1: taken in by this batch
+            kept[goal_id] = (loaded + 1 if goal_id in written else loaded, state)
+        return kept
 
 
 class Planner:
@@ -88,6 +113,9 @@ class Planner:
         self._draw = draw
         self._on_cancel = on_cancel
         self._batch: _Batch | None = None
+        # The states this planner's committed batches left, by goal: reused while the goal's
+        # version is the one they were left at (every write of a goal's state adds one).
+        self._known: dict[str, Versioned] = {}
         self._timers_seen: tuple[float, bool] | None = None  # (when a batch asked, the answer)
 
     # -- one batch at a time ---------------------------------------------------------------------
@@ -96,16 +124,25 @@ class Planner:
         """Lock and read every goal the batch is about, at once; ask, in the same round trip,
         whether a timer is due (``timers_may_be_due``)."""
         due = conn.execute(repository.ANY_DUE, (self.mesh,))
-        states = repository.load(conn, [e.goal_id for e in events])
+        self._batch = _Batch.load(conn, [e.goal_id for e in events], self._known)
         row = due.fetchone()
         self._timers_seen = (time.monotonic(), bool(row and row[0]))
-        self._batch = _Batch(conn, states)
 
     def after_batch(self, completed: bool) -> None:
-        """Write the batch's changes (still in its transaction), or forget them (it failed)."""
+        """Write the batch's changes (still in its transaction) and keep its goals' states; or
+        (it failed, perhaps in its commit after a call with True) forget them."""
         batch, self._batch = self._batch, None
-        if completed and batch is not None and batch.changes:
+        if not completed:
+            self._known.clear()
+            return
+        if batch is None:
+            return
+        if batch.changes:
             repository.write(batch.conn, batch.changes, mesh=self.mesh)
+        for goal_id, kept in batch.kept().items():
+            self._known.pop(goal_id, None)
+            if kept[1].goal.live:
+                remember(self._known, goal_id, kept, most=KEPT_GOALS)
 
     def timers_may_be_due(self, *, since: float) -> bool:
         """False only when a batch begun after ``since`` (``time.monotonic``) found no timer
@@ -185,7 +222,7 @@ class Planner:
         own = batch is None
         if batch is None:
             goal_id = inputs[0].goal_id
-            batch = _Batch(conn, repository.load(conn, [goal_id]))
+            batch = _Batch.load(conn, [goal_id], {})
         out: list[ev.Event] = []
         for event in inputs:
             out += self._run(batch, event, trace_parent, planning)

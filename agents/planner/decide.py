@@ -175,9 +175,10 @@ class _Turn:
 
     def decided(self) -> Decided:
         puts: list[Change] = []
+        changed = self._goal_dirty or self._tasks_dirty or self._attempts or self._changes
         if self._goal_put is not None:
             puts.append(evolve(self._goal_put, goal=self.goal))
-        elif self._goal_dirty:
+        elif changed:  # the goal's row counts every change of its state (its version)
             puts.append(GoalPut(self.goal))
         puts += [TaskPut(self.state.tasks[t], new) for t, new in self._tasks_dirty.items()]
         puts += list(self._attempts.values())

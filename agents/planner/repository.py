@@ -37,32 +37,52 @@ _GOAL = (
     "input_tokens, output_tokens, cost_usd, replans, ending, failures, since_accept, "
     "escalations, trace_parent, summary, output"
 )
-_LOCK = f"select {_GOAL} from goals where goal_id = any(%s) order by goal_id for update"  # noqa: S608
+_LOCK = (
+    f"select {_GOAL}, version from goals where goal_id = any(%s) "  # noqa: S608
+    "order by goal_id for update"
+)
+# The tasks of the goals whose state the caller does not hold at their current version.
 _TASKS = (
     "select t.task_id, t.goal_id, t.plan_version, t.step_id, t.tool, t.arguments, t.depends_on, "
     "t.pool, t.kind, t.status, t.attempt, t.attempt_floor, t.infra_losses, t.generation, "
     "t.idempotency_key, t.effects, t.result, t.compensates, t.undoes, "
     "a.attempt, a.idempotency_key, a.fence, a.arguments, a.outcome, a.category, a.message, "
     "a.result, a.feedback "
-    "from tasks t left join attempts a on a.task_id = t.task_id and a.attempt = t.attempt "
-    "where t.goal_id = any(%s)"
+    "from goals g join tasks t on t.goal_id = g.goal_id "
+    "left join attempts a on a.task_id = t.task_id and a.attempt = t.attempt "
+    "left join unnest(%s::text[], %s::bigint[]) as k(goal_id, version) on k.goal_id = g.goal_id "
+    "where g.goal_id = any(%s) and g.version is distinct from k.version"
 )
 
+Versioned = tuple[int, GoalState]
+"""A goal's state and the version of the goal's row it is the state of."""
 
-def load(conn: Connection, goal_ids: Collection[str]) -> dict[str, GoalState]:
-    """The goals among ``goal_ids`` the ledger holds, locked, with all their tasks."""
+
+def load(
+    conn: Connection, goal_ids: Collection[str], known: Mapping[str, Versioned] | None = None
+) -> dict[str, Versioned]:
+    """The goals among ``goal_ids`` the ledger holds, locked, with all their tasks: from
+    ``known`` for a goal whose version is still the one known, from the ledger otherwise, in
+    one round trip."""
     ids = sorted(set(goal_ids))
     if not ids:
         return {}
+    known = known or {}
+    cached = [g for g in ids if g in known]
     with conn.cursor() as goals, conn.cursor() as tasks:
         goals.execute(_LOCK, (ids,))
-        tasks.execute(_TASKS, (ids,))
-        held = {row[0]: _goal(row) for row in goals.fetchall()}
-        by_goal: dict[str, dict[str, Task]] = {g: {} for g in held}
+        tasks.execute(_TASKS, (cached, [known[g][0] for g in cached], ids))
+        rows = goals.fetchall()
+        read: dict[str, dict[str, Task]] = {}
         for row in tasks.fetchall():
-            if row[1] in by_goal:
-                by_goal[row[1]][row[0]] = _task(row)
-    return {g: GoalState(goal, by_goal[g]) for g, goal in held.items()}
+            read.setdefault(row[1], {})[row[0]] = _task(row)
+    states: dict[str, Versioned] = {}
+    for row in rows:
+        goal_id, version = row[0], row[-1]
+        hit = known.get(goal_id)
+        tasks_of = hit[1].tasks if hit is not None and hit[0] == version else read.get(goal_id, {})
+        states[goal_id] = (version, GoalState(_goal(row[:-1]), tasks_of))
+    return states
 
 
 def _goal(row: Sequence[Any]) -> Goal:
@@ -157,7 +177,8 @@ def goal_texts(conn: Connection, goal_id: str) -> tuple[str, dict[str, Any]]:
 
 
 def write(conn: Connection, changes: Iterable[Change], *, mesh: str) -> None:
-    """Write a batch's changes: each kind of row with one statement."""
+    """Write a batch's changes: each kind of row with one statement. Every goal changed is
+    among them (``GoalPut``), and its version goes up by one (a new goal's starts at 0)."""
     goals: dict[str, GoalPut] = {}
     tasks: dict[str, TaskPut] = {}
     attempts: dict[tuple[str, int], AttemptPut] = {}
@@ -227,7 +248,7 @@ _GOAL_MUTABLE = (
     "failures, since_accept, escalations, summary, output, error_category, error_message"
 )
 _UPDATE_GOALS = (
-    "update goals g set "  # noqa: S608 (constant columns)
+    "update goals g set version = g.version + 1, "  # noqa: S608 (constant columns)
     + ", ".join(f"{c} = v.{c}" for c in _GOAL_MUTABLE.split(", "))
     + ", finished_at = case when v.status in ('completed', 'failed', 'cancelled') "
     "then coalesce(g.finished_at, now()) end "

@@ -4,11 +4,10 @@ budget used. Frozen: a decision returns a new state, never changes the old one."
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from agents.enums import (
     CompensationPolicy,
@@ -17,8 +16,9 @@ from agents.enums import (
     TaskKind,
     TaskStatus,
 )
+from agents.planner._rows import evolve
 
-T = TypeVar("T")
+__all__ = ["Attempt", "Ending", "Goal", "GoalState", "Task", "evolve", "results_by_step"]
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,6 @@ class GoalState:
 
     def with_task(self, task: Task) -> GoalState:
         return GoalState(self.goal, {**self.tasks, task.task_id: task})
-
-
-def evolve(row: T, **changes: Any) -> T:
-    """A frozen row with some fields changed."""
-    return dataclasses.replace(row, **changes)  # type: ignore[type-var]
 
 
 def results_by_step(tasks: Iterable[Task]) -> dict[str, dict[str, Any]]:
