@@ -228,9 +228,7 @@ class TaskEvaluated(Event):
     task_id: str
     step_id: str
     attempt: int
-    decision: Decision = Field(
-        description="accept | retry | replan | escalate | fail | compensate"
-    )
+    decision: Decision = Field(description="accept | retry | replan | escalate | fail | compensate")
     confidence: float
     reason: str
     feedback: str | None = None

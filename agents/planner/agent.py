@@ -302,7 +302,14 @@ class Planner:
                 )
                 planned = self._engine.plan(request)
         except EngineError as exc:
-            return PlanRefused(command.goal_id, exc.category, str(exc), exc.usage, command.cause_id)
+            return PlanRefused(
+                command.goal_id,
+                exc.category,
+                str(exc),
+                exc.usage,
+                command.cause_id,
+                replaces=command.replaces,
+            )
         return PlanReady(
             command.goal_id,
             planned.draft,
@@ -310,6 +317,7 @@ class Planner:
             planned.usage,
             command.cause_id,
             reason=command.context,
+            replaces=command.replaces,
         )
 
 

@@ -34,6 +34,7 @@ class PlanReady:
     usage: ev.Usage
     cause_id: str
     reason: str = ""  # why this plan replaces the last one ("" for a goal's first plan)
+    replaces: int = 0  # the plan version it was asked to replace (0: none yet)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PlanRefused:
     message: str
     usage: ev.Usage
     cause_id: str
+    replaces: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ class AskForPlan:
     goal_id: str
     cause_id: str
     context: str = ""
+    replaces: int = 0  # the plan version the answer replaces: an answer to a stale ask is moot
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,17 @@ from agents.planner.changes import (
 from agents.planner.keys import COMPENSATION_FENCE, action_fence, idempotency_key
 from agents.planner.plan import resolve_arguments
 from agents.planner.retry import INFRA_CATEGORIES, Again, Limits, early_stop, next_attempt
-from agents.planner.state import Attempt, Ending, Goal, GoalState, Task, evolve, results_by_step
+from agents.planner.state import (
+    Attempt,
+    Ending,
+    Goal,
+    GoalState,
+    Task,
+    evolve,
+    results_by_step,
+    with_effect,
+    without_attempt,
+)
 from agents.tools.base import HUMAN_RETRY, Registry
 
 AGENT = "planner"
@@ -226,8 +236,8 @@ def _refused_unknown(event: Refused, context: Context) -> Decided:
 def _plan_ready(turn: _Turn, event: PlanReady) -> None:
     turn.charge("plan", event.usage)
     goal = turn.goal
-    if not goal.live or goal.ending is not None:
-        return
+    if not goal.live or goal.ending is not None or event.replaces != goal.plan_version:
+        return  # the goal ended, or another plan replaced the one this was asked to
     version = goal.plan_version + 1
     steps = event.draft.steps
     tasks = [
@@ -255,7 +265,10 @@ def _plan_ready(turn: _Turn, event: PlanReady) -> None:
     )
     kept = _supersede(turn) if version > 1 else {}
     for task in tasks:
-        turn.put_task(_carried(task, kept.get((task.step_id, task.tool))), new=True)
+        done = kept.get((task.step_id, task.tool))
+        if done is not None:
+            turn.set_task(done, effects=())  # they go with the step to the new plan
+        turn.put_task(_carried(task, done), new=True)
     turn.set_goal(
         plan_version=version,
         status=GoalStatus.WAITING_HUMAN if turn.goal.escalations else GoalStatus.RUNNING,
@@ -293,7 +306,8 @@ def _carried(task: Task, done: Task | None) -> Task:
 
 def _plan_refused(turn: _Turn, event: PlanRefused) -> None:
     turn.charge("plan", event.usage)
-    _end(turn, event.category, event.message)
+    if event.replaces == turn.goal.plan_version:
+        _end(turn, event.category, event.message)
 
 
 def _cancelled(turn: _Turn, event: ev.GoalCancelled) -> None:
@@ -325,18 +339,30 @@ def _outcome(turn: _Turn, event: ev.TaskCompleted | ev.TaskFailed) -> None:
     current = task.current
     if task.status is not TaskStatus.DISPATCHED:
         if current is not None and current.outcome is None:  # superseded while it ran
-            turn.set_task(task, current=_outcome_of(current, event))
-            turn.put_attempt(_recorded(task.task_id, turn.state.tasks[task.task_id], event))
-        return  # its effect, if any, is already counted
+            _late(turn, task, _outcome_of(current, event), event)
+        return
     attempt = _outcome_of(current or Attempt(task.attempt, task.key, 0, {}), event)
     effects = task.effects
-    if attempt.outcome is not Outcome.FAILED and attempt.key not in effects:
-        effects = (*effects, attempt.key)
+    if attempt.outcome is not Outcome.FAILED:
+        effects = with_effect(effects, attempt)
     task = turn.set_task(task, status=TaskStatus.EVALUATING, current=attempt, effects=effects)
     turn.put_attempt(_recorded(task.task_id, task, event))
     if attempt.category in INFRA_CATEGORIES and task.action:  # the budget counts tools' work
         turn.set_goal(steps_used=max(0, turn.goal.steps_used - 1))
     turn.charge(f"tool:{event.tool}", event.usage)
+
+
+def _late(
+    turn: _Turn, task: Task, attempt: Attempt, event: ev.TaskCompleted | ev.TaskFailed
+) -> None:
+    """The outcome of an attempt superseded while it ran (counted as maybe-done then): kept on
+    its row, and its effect, if it says it did nothing, no longer counted."""
+    if attempt.outcome is Outcome.FAILED:
+        effects = without_attempt(task.effects, attempt)
+    else:
+        effects = with_effect(task.effects, attempt)
+    task = turn.set_task(task, current=attempt, effects=effects)
+    turn.put_attempt(_recorded(task.task_id, task, event))
 
 
 def _outcome_of(current: Attempt, event: ev.TaskCompleted | ev.TaskFailed) -> Attempt:
@@ -415,8 +441,11 @@ def _compensation_verdict(
 
 
 def _succeed(turn: _Turn, task: Task) -> None:
+    """The step is done: with its attempt's result, or (a human approved a step whose attempt
+    did not succeed) with none."""
     current = turn.state.tasks[task.task_id].current
-    result = dict(current.result or {}) if current is not None else {}
+    done = current is not None and current.outcome is Outcome.SUCCEEDED
+    result = dict(current.result or {}) if done and current is not None else {}
     task = turn.set_task(task, status=TaskStatus.SUCCEEDED, result=result)
     original = turn.state.task(task.compensates) if task.compensates else None
     if original is not None:
@@ -454,6 +483,7 @@ def _retry(turn: _Turn, task: Task, verdict: ev.TaskEvaluated) -> None:
     }
     due = turn.now + timedelta(seconds=nxt.delay_s)
     turn.change(TimerSet(turn.goal.goal_id, TimerKind.RETRY, due, task.task_id, payload=payload))
+    _meanwhile(turn, task)
 
 
 def _replan(turn: _Turn, task: Task, reason: str) -> None:
@@ -473,7 +503,7 @@ def _replan(turn: _Turn, task: Task, reason: str) -> None:
         f"{reason}. Completed steps, kept as they are: {', '.join(done) or 'none'}. "
         "Propose a plan that reaches the goal another way."
     )
-    turn.command(AskForPlan(goal.goal_id, turn.cause_id or "", context))
+    turn.command(AskForPlan(goal.goal_id, turn.cause_id or "", context, goal.plan_version))
 
 
 # -- escalations ---------------------------------------------------------------------------------
@@ -504,6 +534,14 @@ def _escalate(turn: _Turn, task: Task, reason: str) -> None:
     turn.change(
         TimerSet(goal.goal_id, TimerKind.ESCALATION_EXPIRY, expires, escalation_id=escalation_id)
     )
+    _meanwhile(turn, task)
+
+
+def _meanwhile(turn: _Turn, task: Task) -> None:
+    """While a step waits (for a retry, for a human), independent steps go on: a goal that runs
+    one step at a time sends the next ready one now."""
+    if task.action and turn.goal.ending is None and one_at_a_time(turn.goal):
+        _dispatch(turn, _ready(turn.state.current()), None)
 
 
 def _escalation_id(cause_id: str | None, task_id: str) -> str:
@@ -570,6 +608,7 @@ def _human_retry(turn: _Turn, task: Task, values: Mapping[str, Any]) -> None:
         arguments={**task.arguments, **values},
         generation=task.generation + (1 if values else 0),
         floor=task.attempt,
+        infra_losses=0,
     )
     _dispatch(turn, [task], HUMAN_RETRY + (f", with {dict(values)}" if values else ""))
 
@@ -646,6 +685,8 @@ def _dispatch(turn: _Turn, ready: Sequence[Task], feedback: str | None) -> None:
     for task in ready:
         if task.action:
             goal = turn.goal
+            if goal.ending is not None:
+                return  # a step before this one ended the goal
             if one_at_a_time(goal) and (sent or busy(turn.state.current())):
                 turn.set_task(task, status=TaskStatus.PENDING)  # the next verdict sends it
                 continue
@@ -662,7 +703,12 @@ def _send(turn: _Turn, task: Task, feedback: str | None) -> None:
     number = task.attempt + 1
     if task.action:
         siblings = [t for t in turn.state.tasks.values() if t.plan_version == task.plan_version]
-        arguments = resolve_arguments(task.arguments, results_by_step(siblings))
+        try:
+            arguments = resolve_arguments(task.arguments, results_by_step(siblings))
+        except KeyError as exc:
+            message = f"step {task.step_id} needs {exc.args[0]!r} of a step that did not give it"
+            _end(turn, "bad_reference", message)
+            return
         key = idempotency_key(goal.goal_id, task.step_id, task.tool, arguments, task.generation)
         fence = action_fence(task.plan_version, number)
         turn.set_goal(steps_used=goal.steps_used + 1)
@@ -741,8 +787,8 @@ def _stop(turn: _Turn, task: Task, status: TaskStatus) -> None:
     """A step that will not go on; an attempt still in flight may have taken effect."""
     effects = task.effects
     current = task.current
-    if task.status is TaskStatus.DISPATCHED and current is not None and current.key not in effects:
-        effects = (*effects, current.key)
+    if task.status is TaskStatus.DISPATCHED and current is not None:
+        effects = with_effect(effects, current)
     turn.set_task(task, status=status, effects=effects)
 
 
@@ -762,11 +808,7 @@ def _drop_escalations(turn: _Turn, *, keep_waiting: bool) -> None:
 
 
 def _finish_failed(turn: _Turn, status: GoalStatus, category: str, message: str) -> None:
-    compensated = [
-        t.step_id.removeprefix("undo_")
-        for t in turn.state.current(TaskKind.COMPENSATION)
-        if t.status is TaskStatus.SUCCEEDED
-    ]
+    compensated = rollback.undone(turn.state)
     ending = turn.goal.ending or Ending(status, category, message)
     goal = turn.set_goal(
         status=status,

@@ -29,7 +29,7 @@ from agents.planner.changes import (
     TimerSet,
     VerdictAdded,
 )
-from agents.planner.state import Attempt, Ending, Goal, GoalState, Task
+from agents.planner.state import Attempt, Effect, Ending, Goal, GoalState, Task
 
 _GOAL = (
     "goal_id, status, max_steps, submitted_at, max_tokens, budget_usd, deadline_at, "
@@ -144,12 +144,16 @@ def _task(row: Sequence[Any]) -> Task:
         infra_losses=losses,
         generation=generation,
         key=key,
-        effects=tuple(effects),
+        effects=tuple(_effect(e) for e in effects),
         result=result,
         compensates=compensates,
         undoes=undoes,
         current=_attempt(row[19:]) if row[19] is not None else None,
     )
+
+
+def _effect(doc: Mapping[str, Any]) -> Effect:
+    return Effect(doc["key"], doc["arguments"], tuple(doc["attempts"]), doc.get("result"))
 
 
 def _attempt(row: Sequence[Any]) -> Attempt:
@@ -325,7 +329,7 @@ def _plan_doc(plan: PlanAdded) -> dict[str, Any]:
 _TASK_TYPES = (
     "task_id text, goal_id text, plan_version int, step_id text, tool text, arguments jsonb, "
     "depends_on text[], pool text, kind text, status text, attempt int, attempt_floor int, "
-    "infra_losses int, generation int, idempotency_key text, effects text[], result jsonb, "
+    "infra_losses int, generation int, idempotency_key text, effects jsonb, result jsonb, "
     "compensates text, undoes text"
 )
 _TASK_NAMES = [c.split()[0] for c in _TASK_TYPES.split(", ")]
@@ -360,7 +364,10 @@ def _task_doc(task: Task) -> dict[str, Any]:
         "infra_losses": task.infra_losses,
         "generation": task.generation,
         "idempotency_key": task.key,
-        "effects": list(task.effects),
+        "effects": [
+            {"key": e.key, "arguments": e.arguments, "attempts": e.attempts, "result": e.result}
+            for e in task.effects
+        ],
         "result": task.result,
         "compensates": task.compensates,
         "undoes": task.undoes,

@@ -5,7 +5,8 @@ succeeded, or ended unknown) is undone, once per idempotency key it acted under,
 dependency order (the newest plan version first), by a chain of compensation tasks that run one
 at a time. Each compensation carries the key it undoes and the highest fencing token, so an
 attempt still running cannot act after it, and its tool can undo by key when the step's result
-(the ids it made) never arrived. Policies (the goal's ``compensation_policy``):
+(the ids it made) never arrived. A key is undone once, even when two plan versions acted under
+it. Policies (the goal's ``compensation_policy``):
 
 - ``all``: undo every step that may have taken effect;
 - ``dependents``: only the failed step and the steps that depend on it;
@@ -18,13 +19,13 @@ from collections.abc import Mapping, Sequence
 from graphlib import TopologicalSorter
 from typing import Any
 
-from agents.enums import CompensationPolicy, TaskKind
-from agents.planner.state import Attempt, GoalState, Task
+from agents.enums import CompensationPolicy, TaskKind, TaskStatus
+from agents.planner.state import Effect, Goal, GoalState, Task
 from agents.tools.base import Registry
 
 
-def to_undo(state: GoalState, registry: Registry) -> list[tuple[Task, str]]:
-    """The (step, key) pairs to compensate, first to last."""
+def to_undo(state: GoalState, registry: Registry) -> list[tuple[Task, Effect]]:
+    """The (step, effect) pairs to compensate, first to last."""
     goal = state.goal
     if goal.compensation_policy is CompensationPolicy.NONE:
         return []
@@ -32,18 +33,20 @@ def to_undo(state: GoalState, registry: Registry) -> list[tuple[Task, str]]:
     chosen = [t for t in actions if t.effects and registry.get(t.tool).compensation]
     if goal.compensation_policy is CompensationPolicy.DEPENDENTS:
         chosen = [t for t in chosen if t.step_id in _failed_and_below(actions, goal)]
-    pairs: list[tuple[Task, str]] = []
+    pairs: list[tuple[Task, Effect]] = []
+    seen: set[str] = set()
     for version in sorted({t.plan_version for t in chosen}, reverse=True):
         steps = {t.step_id: t for t in chosen if t.plan_version == version}
         graph = {t.step_id: t.depends_on for t in actions if t.plan_version == version}
-        order = list(TopologicalSorter(graph).static_order())
-        for step in reversed(order):
-            if step in steps:
-                pairs += [(steps[step], key) for key in reversed(steps[step].effects)]
+        for step in reversed(list(TopologicalSorter(graph).static_order())):
+            for effect in reversed(steps[step].effects if step in steps else ()):
+                if effect.key not in seen:
+                    seen.add(effect.key)
+                    pairs.append((steps[step], effect))
     return pairs
 
 
-def _failed_and_below(actions: Sequence[Task], goal: Any) -> set[str]:
+def _failed_and_below(actions: Sequence[Task], goal: Goal) -> set[str]:
     failed = goal.ending.failed_step if goal.ending is not None else None
     if failed is None:
         return set()
@@ -57,13 +60,13 @@ def _failed_and_below(actions: Sequence[Task], goal: Any) -> set[str]:
 
 
 def compensations(
-    state: GoalState, pairs: Sequence[tuple[Task, str]], registry: Registry
+    state: GoalState, pairs: Sequence[tuple[Task, Effect]], registry: Registry
 ) -> list[Task]:
     """The compensation tasks of ``pairs``, chained: each waits for the one before it."""
     chain: list[Task] = []
-    taken: set[str] = {t.step_id for t in state.tasks.values() if t.kind is TaskKind.COMPENSATION}
+    taken = {t.step_id for t in state.tasks.values() if t.kind is TaskKind.COMPENSATION}
     previous: str | None = None
-    for step, key in pairs:
+    for step, effect in pairs:
         name = registry.get(step.tool).compensation
         assert name is not None
         tool = registry.get(name)
@@ -71,18 +74,19 @@ def compensations(
         taken.add(step_id)
         chain.append(
             Task(
-                task_id=f"{state.goal.goal_id}.{step.plan_version}.{step_id}",
+                # ":" is in no plan step's id, so a compensation's task never takes a step's.
+                task_id=f"{state.goal.goal_id}.{step.plan_version}.{step_id}:undo",
                 goal_id=state.goal.goal_id,
                 plan_version=step.plan_version,
                 step_id=step_id,
                 tool=name,
-                arguments=_arguments(list(tool.args.model_fields), step, key),
+                arguments=_arguments(list(tool.args.model_fields), effect),
                 depends_on=(previous,) if previous else (),
                 pool=tool.pool,
                 kind=TaskKind.COMPENSATION,
-                key=f"{key}:undo",
+                key=f"{effect.key}:undo",
                 compensates=step.task_id,
-                undoes=key,
+                undoes=effect.key,
             )
         )
         previous = step_id
@@ -100,24 +104,31 @@ def _free(step_id: str, taken: set[str]) -> str:
     return found
 
 
-def _arguments(fields: Sequence[str], step: Task, key: str) -> dict[str, Any]:
-    """The compensating tool's arguments, each taken by name from the original step: its
-    result, then what its failure reported (both only when they belong to the effect being
-    undone), then the arguments it was called with. What is missing the tool finds by key."""
-    current: Attempt | None = step.current
-    own = current is not None and current.key == key
-    result = step.result if own and step.result is not None else None
-    details = current.result if own and current is not None and result is None else None
-    called: Mapping[str, Any] = current.arguments if current is not None else step.arguments
-    sources = (result or {}, details or {}, called)
+def _arguments(fields: Sequence[str], effect: Effect) -> dict[str, Any]:
+    """The compensating tool's arguments, each taken by name from what the effect's attempts
+    reported (a result, or a partial failure's details), then from the arguments they ran
+    with. What is missing the tool finds by the effect's key."""
+    sources: tuple[Mapping[str, Any], ...] = (effect.result or {}, effect.arguments)
     picked: dict[str, Any] = {}
     for name in fields:
         for source in sources:
-            if name in source and not _is_ref(source[name]):
+            if name in source:
                 picked[name] = source[name]
                 break
     return picked
 
 
-def _is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"$ref"}
+def undone(state: GoalState) -> list[str]:
+    """The steps whose effects were undone, each once, in the order they were undone."""
+    done = {
+        t.step_id: t
+        for t in state.tasks.values()
+        if t.kind is TaskKind.COMPENSATION and t.status is TaskStatus.SUCCEEDED
+    }
+    order = TopologicalSorter({s: t.depends_on for s, t in done.items()}).static_order()
+    steps: list[str] = []
+    for step in order:
+        original = state.task(done[step].compensates or "") if step in done else None
+        if original is not None and original.step_id not in steps:
+            steps.append(original.step_id)
+    return steps

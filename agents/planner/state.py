@@ -18,7 +18,18 @@ from agents.enums import (
 )
 from agents.planner._rows import evolve
 
-__all__ = ["Attempt", "Ending", "Goal", "GoalState", "Task", "evolve", "results_by_step"]
+__all__ = [
+    "Attempt",
+    "Effect",
+    "Ending",
+    "Goal",
+    "GoalState",
+    "Task",
+    "evolve",
+    "results_by_step",
+    "with_effect",
+    "without_attempt",
+]
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,47 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Effect:
+    """What a step may have done under one idempotency key: the arguments its attempts ran with
+    under that key, the attempts that may have acted (succeeded, or unknown), and what the last
+    of them reported (a result, or a partial failure's details), from which its compensation
+    takes the ids of what to undo."""
+
+    key: str
+    arguments: Mapping[str, Any]
+    attempts: tuple[int, ...]
+    result: Mapping[str, Any] | None = None
+
+
+def with_effect(effects: tuple[Effect, ...], attempt: Attempt) -> tuple[Effect, ...]:
+    """``effects`` once ``attempt`` may have acted (it succeeded, its outcome is unknown, or it
+    was still running when superseded)."""
+    for i, known in enumerate(effects):
+        if known.key == attempt.key:
+            attempts = tuple(sorted({*known.attempts, attempt.number}))
+            result = attempt.result if attempt.result is not None else known.result
+            updated = Effect(known.key, known.arguments, attempts, result)
+            return (*effects[:i], updated, *effects[i + 1 :])
+    return (*effects, Effect(attempt.key, attempt.arguments, (attempt.number,), attempt.result))
+
+
+def without_attempt(effects: tuple[Effect, ...], attempt: Attempt) -> tuple[Effect, ...]:
+    """``effects`` once ``attempt``, counted as maybe-done, reported that it did nothing."""
+    kept = []
+    for known in effects:
+        left = known.attempts
+        if known.key == attempt.key:
+            left = tuple(n for n in left if n != attempt.number)
+        if left:
+            kept.append(Effect(known.key, known.arguments, left, known.result))
+    return tuple(kept)
+
+
+@dataclass(frozen=True)
 class Task:
     """A plan step (or a compensation) and its current attempt.
 
-    ``effects`` are the idempotency keys under which an attempt may have taken effect (it
+    ``effects`` are what its attempts may have done, one per idempotency key (an attempt
     succeeded, or its outcome is unknown): what a rollback undoes. ``floor`` is the attempt count
     the tool's retry budget counts from (raised by a human's answer and by attempts lost to the
     infrastructure, which have their own budget, ``infra_losses``). ``generation`` changes the
@@ -61,7 +109,7 @@ class Task:
     infra_losses: int = 0
     generation: int = 0
     key: str = ""
-    effects: tuple[str, ...] = ()
+    effects: tuple[Effect, ...] = ()
     result: Mapping[str, Any] | None = None
     compensates: str | None = None  # for a compensation: the task it undoes
     undoes: str | None = None  # for a compensation: the effect's idempotency key

@@ -1,9 +1,9 @@
 -- Effect semantics (docs/delivery.md, "Effects, fencing and rollback"). An attempt records the
 -- idempotency key and fencing token it ran under and its outcome: succeeded, failed (the tool
--- did nothing) or unknown (it may have taken effect). A task keeps the keys under which its
--- attempts may have taken effect (what a rollback undoes, in every plan version), its losses to
--- the infrastructure (a budget of their own) and the generation of its key (a changed call is a
--- new key). A goal keeps its early-termination counters and its open questions; its deadline is
+-- did nothing) or unknown (it may have taken effect). A task keeps what its attempts may have
+-- done, per key, with the arguments and result to undo it by (what a rollback undoes, in every
+-- plan version), its losses to the infrastructure (a budget of their own) and the generation of
+-- its key (a changed call is a new key). A goal keeps its early-termination counters and its open questions; its deadline is
 -- a durable timer.
 alter table attempts
     add column idempotency_key text,
@@ -12,7 +12,7 @@ alter table attempts
     add column feedback text;
 
 alter table tasks
-    add column effects text[] not null default '{}',
+    add column effects jsonb not null default '[]',
     add column infra_losses int not null default 0,
     add column generation int not null default 0,
     add column undoes text;

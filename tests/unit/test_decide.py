@@ -274,7 +274,9 @@ class Sim:
 
     def ready(self, plan: PlanDraft, ask: AskForPlan) -> PlanReady:
         reason = "re-plan" if ask.context else ""
-        return PlanReady(ask.goal_id, plan, "scripted", self.plan_usage, ask.cause_id, reason)
+        return PlanReady(
+            ask.goal_id, plan, "scripted", self.plan_usage, ask.cause_id, reason, ask.replaces
+        )
 
     def envelope(self) -> ev.Envelope:
         return ev.Envelope(goal_id=self.goal_id, occurred_at=self.now)
@@ -348,8 +350,12 @@ class Sim:
         assert self.st.goal.plan_version == 1, self.st.goal
         return out
 
-    def plan(self, plan: PlanDraft, cause_id: str = "ask") -> Out:
-        return self.feed(PlanReady(self.goal_id, plan, "scripted", self.plan_usage, cause_id))
+    def plan(self, plan: PlanDraft, cause_id: str = "ask", replaces: int | None = None) -> Out:
+        """Answer an ask for a plan (by default, one to replace the current plan version)."""
+        version = self.st.goal.plan_version if replaces is None else replaces
+        return self.feed(
+            PlanReady(self.goal_id, plan, "scripted", self.plan_usage, cause_id, "", version)
+        )
 
     def _attempt(self, task: Task, attempt: int | None) -> int:
         return task.attempt if attempt is None else attempt
@@ -788,7 +794,8 @@ def test_a_retry_keeps_its_key_unless_the_call_changes(
     assert (assigned.idempotency_key == first[0]) is same_key
     if category is None:
         assert assigned.feedback == "use another value"
-        assert sim.task("s1").effects == (first[0],)  # the first call's effect stays recorded
+        # the first call's effect stays recorded
+        assert [e.key for e in sim.task("s1").effects] == [first[0]]
 
 
 def test_a_human_set_makes_a_new_key_and_a_human_retry_keeps_it() -> None:

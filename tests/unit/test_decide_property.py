@@ -271,7 +271,9 @@ class Driver:
 
     def _refuse(self, _: str) -> None:
         ask = self.asks.pop(0)
-        self.feed(PlanRefused(ask.goal_id, "invalid_plan", "no", ev.Usage(), ask.cause_id))
+        self.feed(
+            PlanRefused(ask.goal_id, "invalid_plan", "no", ev.Usage(), ask.cause_id, ask.replaces)
+        )
 
     def _complete(self, task_id: str, attempt: int | None = None) -> None:
         task = self.sim.st.tasks[task_id]

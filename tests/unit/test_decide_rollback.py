@@ -392,22 +392,12 @@ def _carried_then_failed() -> Sim:
     return sim
 
 
-@pytest.mark.xfail(
-    reason="decider bug: rollback.to_undo undoes a step carried into a new plan version once per "
-    "version (same idempotency key twice)",
-    strict=True,
-)
 def test_a_carried_step_is_undone_once() -> None:
     sim = _carried_then_failed()
     undoes = [t.undoes for t in sim.compensations()]
     assert undoes == [sim.task("org").key]
 
 
-@pytest.mark.xfail(
-    reason="decider bug: a key an earlier plan version's step acted under (unknown outcome) and "
-    "the new version's same call reuses is undone twice",
-    strict=True,
-)
 def test_a_key_shared_by_two_plan_versions_is_undone_once() -> None:
     plan = draft(step("org", "create_organisation", **ORG))
     sim = Sim(plan, draft(step("org", "create_organisation", **ORG), step("b", value=1)))
@@ -422,11 +412,6 @@ def test_a_key_shared_by_two_plan_versions_is_undone_once() -> None:
     assert undoes == [sim.task("org").key]
 
 
-@pytest.mark.xfail(
-    reason="decider bug: GoalFailed.compensated names a step undone under a second key by its "
-    "compensation's suffixed id ('s1_2'), which is no step id",
-    strict=True,
-)
 def test_compensated_lists_step_ids_only() -> None:
     sim = Sim(chain("create_organisation", "echo"))
     sim.start()
@@ -440,11 +425,6 @@ def test_compensated_lists_step_ids_only() -> None:
     assert set(sim.failed().compensated) <= {"s1", "s2"}
 
 
-@pytest.mark.xfail(
-    reason="decider bug: a compensation's task id (goal.version.undo_<step>) can equal a plan "
-    "step's task id; the action task 'undo_a' is overwritten by a's compensation",
-    strict=True,
-)
 def test_a_step_named_like_a_compensation_keeps_its_task() -> None:
     sim = Sim(draft(step("a", "create_organisation", **ORG), step("undo_a", value=1)))
     sim.start()
@@ -456,11 +436,6 @@ def test_a_step_named_like_a_compensation_keeps_its_task() -> None:
     assert len(sim.compensations()) == 1
 
 
-@pytest.mark.xfail(
-    reason="decider bug: an attempt superseded in flight keeps its key among the step's effects "
-    "after its late outcome says it did nothing (failed), so the rollback undoes it",
-    strict=True,
-)
 def test_a_superseded_attempt_that_reports_it_did_nothing_is_not_undone() -> None:
     first = draft(step("org", "create_organisation", **ORG), step("b", value=1))
     sim = Sim(first, draft(step("c", value=2)))
@@ -474,11 +449,6 @@ def test_a_superseded_attempt_that_reports_it_did_nothing_is_not_undone() -> Non
     assert sim.compensations() == []
 
 
-@pytest.mark.xfail(
-    reason="decider bug: the compensation of an older key takes the arguments of the step's "
-    "latest attempt (rollback._arguments reads task.current), not of the call that made it",
-    strict=True,
-)
 def test_the_compensation_of_an_older_key_gets_that_call_s_arguments() -> None:
     plan = draft(
         step("infra", "provision_infrastructure", org_id="org_1", slug="acme"),
