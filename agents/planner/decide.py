@@ -313,7 +313,6 @@ def _plan_refused(turn: _Turn, event: PlanRefused) -> None:
 def _cancelled(turn: _Turn, event: ev.GoalCancelled) -> None:
     if not turn.goal.live or turn.goal.ending is not None:
         return
-    turn.command(RaiseCancelFlag(turn.goal.goal_id))
     message = event.reason or f"cancelled by {event.requested_by}"
     _end(turn, "cancelled", message, status=GoalStatus.CANCELLED)
 
@@ -765,9 +764,11 @@ def _end(
     failed: Task | None = None,
 ) -> None:
     """End the goal: nothing more is dispatched, every step in flight is superseded (its
-    outcome unknown), and every effect is rolled back per the goal's policy."""
+    outcome unknown) and told to stop, and every effect is rolled back per the goal's
+    policy."""
     if turn.goal.ending is not None:
         return  # already ending
+    turn.command(RaiseCancelFlag(turn.goal.goal_id))  # running tools stop, queued ones never run
     ending = Ending(status, category, message, failed.step_id if failed else None)
     _drop_escalations(turn, keep_waiting=False)
     for task in list(turn.state.tasks.values()):

@@ -185,6 +185,41 @@ def test_partial_infrastructure_failure_rolls_back_each_step_once(mesh: Mesh) ->
     del name
 
 
+def test_a_deadline_ends_a_goal_whose_step_hangs_and_nothing_it_did_stays(mesh: Mesh) -> None:
+    """The email hangs past the goal's deadline: the deadline's durable timer ends the goal while
+    the call runs, the call is told to stop and acts no more, and everything the goal did,
+    the hanging email included (its outcome is unknown), is undone."""
+    final = onboard(mesh, {"send_onboarding_email": {"delay_s": 12}}, deadline_s=6)
+    assert (final.status, final.error_category) == ("failed", "deadline")
+    history = goal_history(mesh.settings, final.goal_id)
+    undone = compensations(history)
+    assert (undone[0], sorted(undone[1:3]), undone[3:]) == (
+        "undo_email",
+        ["undo_billing", "undo_infrastructure"],  # built in parallel: undone in either order
+        ["undo_organisation"],
+    )
+    prefix = f"{final.goal_id}:%"
+    live = ledger_rows(
+        mesh.settings,
+        "select (select count(*) from onboarding_organisations where idempotency_key like %s "
+        "and deleted_at is null), (select count(*) from onboarding_billing_accounts where "
+        "idempotency_key like %s and cancelled_at is null), (select count(*) from "
+        "onboarding_emails where idempotency_key like %s and retracted_at is null)",
+        (prefix, prefix, prefix),
+    )
+    assert live == [(0, 0, 0)]
+    assert_eventually(  # the hanging call stopped without sending
+        lambda: attempts(mesh, final.goal_id, "email")[0][1] != "dispatched",
+        timeout=30,
+        what="the email's call to stop",
+    )
+    assert ledger_rows(
+        mesh.settings,
+        "select count(*) from onboarding_emails where idempotency_key like %s",
+        (prefix,),
+    ) == [(0,)]
+
+
 def test_a_step_budget_ends_the_goal_before_the_step_that_would_exceed_it(mesh: Mesh) -> None:
     final = onboard(mesh, {"configure_billing": {"fail_times": 3}}, max_steps=7)
     assert (final.status, final.error_category) == ("failed", "budget_steps")
