@@ -201,9 +201,9 @@ def write(conn: Connection, changes: Iterable[Change], *, mesh: str) -> None:
     _run(conn, _INSERT_PLANS, [_plan_doc(p) for p in rest.get(PlanAdded, [])])
     _run(conn, _INSERT_TASKS, [_task_doc(t.task) for t in tasks.values() if t.new])
     _run(conn, _INSERT_ATTEMPTS, [_attempt_doc(a) for a in attempts.values() if a.new])
-    _run(conn, _UPDATE_GOALS, [_goal_doc(g, mesh) for g in goals.values() if not g.new])
-    _run(conn, _UPDATE_TASKS, [_task_doc(t.task) for t in tasks.values() if not t.new])
-    _run(conn, _UPDATE_ATTEMPTS, [_attempt_doc(a) for a in attempts.values() if not a.new])
+    _run(conn, _UPDATE_GOALS, [_goal_changes(g.goal) for g in goals.values() if not g.new])
+    _run(conn, _UPDATE_TASKS, [_task_changes(t.task) for t in tasks.values() if not t.new])
+    _run(conn, _UPDATE_ATTEMPTS, [_attempt_outcome(a) for a in attempts.values() if not a.new])
     _write_rest(conn, rest, mesh)
 
 
@@ -231,6 +231,16 @@ def _run(conn: Connection, statement: str, docs: Sequence[Mapping[str, Any]]) ->
         conn.execute(statement, (jsontext.dumps(list(docs)),))
 
 
+def _names(types: str) -> list[str]:
+    """The column names of a recordset's ``name type, ...`` list."""
+    return [column.split()[0] for column in types.split(", ")]
+
+
+def _assign(types: str, keys: int) -> str:
+    """``c = v.c`` for each column of ``types`` after its first ``keys`` (the row's key)."""
+    return ", ".join(f"{c} = v.{c}" for c in _names(types)[keys:])
+
+
 def _recordset(columns: str) -> str:
     """``select * from`` the JSON documents of the statement's one parameter, typed."""
     return f"select * from jsonb_to_recordset(%s::jsonb) as v({columns})"  # noqa: S608
@@ -245,30 +255,29 @@ _GOAL_TYPES = (
     "escalations jsonb, summary text, output jsonb, error_category text, error_message text, "
     "trace_parent text"
 )
-_GOAL_NAMES = [c.split()[0] for c in _GOAL_TYPES.split(", ")]
+_GOAL_NAMES = _names(_GOAL_TYPES)
 _INSERT_GOALS = f"insert into goals ({', '.join(_GOAL_NAMES)}) {_recordset(_GOAL_TYPES)}"
-_GOAL_MUTABLE = (
-    "status, plan_version, steps_used, input_tokens, output_tokens, cost_usd, replans, ending, "
-    "failures, since_accept, escalations, summary, output, error_category, error_message"
+# An update sends only what a goal's life changes (an insert sends the rest too).
+_GOAL_CHANGES = (
+    "goal_id text, status text, plan_version int, steps_used int, input_tokens bigint, "
+    "output_tokens bigint, cost_usd float8, replans int, ending jsonb, failures jsonb, "
+    "since_accept int, escalations jsonb, summary text, output jsonb, error_category text, "
+    "error_message text"
 )
 _UPDATE_GOALS = (
     "update goals g set version = g.version + 1, "  # noqa: S608 (constant columns)
-    + ", ".join(f"{c} = v.{c}" for c in _GOAL_MUTABLE.split(", "))
+    + _assign(_GOAL_CHANGES, 1)
     + ", finished_at = case when v.status in ('completed', 'failed', 'cancelled') "
     "then coalesce(g.finished_at, now()) end "
-    f"from ({_recordset(_GOAL_TYPES)}) v where g.goal_id = v.goal_id"
+    f"from ({_recordset(_GOAL_CHANGES)}) v where g.goal_id = v.goal_id"
 )
 
 
 def _goal_doc(put: GoalPut, mesh: str) -> dict[str, Any]:
     goal = put.goal
-    ending = goal.ending
-    ended = not goal.status.live and goal.status is not GoalStatus.COMPLETED
-    return {
-        "goal_id": goal.goal_id,
+    return _goal_changes(goal) | {
         "text": put.text,
         "input": put.input,
-        "status": goal.status,
         "max_steps": goal.max_steps,
         "max_tokens": goal.max_tokens,
         "budget_usd": goal.budget_usd,
@@ -279,6 +288,16 @@ def _goal_doc(put: GoalPut, mesh: str) -> dict[str, Any]:
         "max_replans": goal.max_replans,
         "compensation_policy": goal.compensation_policy,
         "mesh": put.mesh or mesh,
+        "trace_parent": put.trace_parent,
+    }
+
+
+def _goal_changes(goal: Goal) -> dict[str, Any]:
+    ending = goal.ending
+    ended = not goal.status.live and goal.status is not GoalStatus.COMPLETED
+    return {
+        "goal_id": goal.goal_id,
+        "status": goal.status,
         "plan_version": goal.plan_version,
         "steps_used": goal.steps_used,
         "input_tokens": goal.input_tokens,
@@ -293,7 +312,6 @@ def _goal_doc(put: GoalPut, mesh: str) -> dict[str, Any]:
         "output": goal.output,
         "error_category": ending.category if ended and ending else None,
         "error_message": ending.message if ended and ending else None,
-        "trace_parent": put.trace_parent,
     }
 
 
@@ -332,32 +350,39 @@ _TASK_TYPES = (
     "infra_losses int, generation int, idempotency_key text, effects jsonb, result jsonb, "
     "compensates text, undoes text"
 )
-_TASK_NAMES = [c.split()[0] for c in _TASK_TYPES.split(", ")]
+_TASK_NAMES = _names(_TASK_TYPES)
 _INSERT_TASKS = f"insert into tasks ({', '.join(_TASK_NAMES)}) {_recordset(_TASK_TYPES)}"
-_TASK_MUTABLE = (
-    "arguments, status, attempt, attempt_floor, infra_losses, generation, idempotency_key, "
-    "effects, result"
+_TASK_CHANGES = (
+    "task_id text, arguments jsonb, status text, attempt int, attempt_floor int, "
+    "infra_losses int, generation int, idempotency_key text, effects jsonb, result jsonb"
 )
 _UPDATE_TASKS = (
     "update tasks t set "  # noqa: S608 (constant columns)
-    + ", ".join(f"{c} = v.{c}" for c in _TASK_MUTABLE.split(", "))
+    + _assign(_TASK_CHANGES, 1)
     + ", finished_at = case when v.status in ('succeeded', 'failed', 'compensated') "
     "then coalesce(t.finished_at, now()) else t.finished_at end "
-    f"from ({_recordset(_TASK_TYPES)}) v where t.task_id = v.task_id"
+    f"from ({_recordset(_TASK_CHANGES)}) v where t.task_id = v.task_id"
 )
 
 
 def _task_doc(task: Task) -> dict[str, Any]:
-    return {
-        "task_id": task.task_id,
+    return _task_changes(task) | {
         "goal_id": task.goal_id,
         "plan_version": task.plan_version,
         "step_id": task.step_id,
         "tool": task.tool,
-        "arguments": task.arguments,
         "depends_on": list(task.depends_on),
         "pool": task.pool,
         "kind": task.kind,
+        "compensates": task.compensates,
+        "undoes": task.undoes,
+    }
+
+
+def _task_changes(task: Task) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "arguments": task.arguments,
         "status": task.status,
         "attempt": task.attempt,
         "attempt_floor": task.floor,
@@ -369,8 +394,6 @@ def _task_doc(task: Task) -> dict[str, Any]:
             for e in task.effects
         ],
         "result": task.result,
-        "compensates": task.compensates,
-        "undoes": task.undoes,
     }
 
 
@@ -380,15 +403,19 @@ _ATTEMPT_TYPES = (
     "started_at timestamptz, finished_at timestamptz, input_tokens bigint, "
     "output_tokens bigint, cost_usd float8"
 )
-_ATTEMPT_NAMES = [c.split()[0] for c in _ATTEMPT_TYPES.split(", ")]
+_ATTEMPT_NAMES = _names(_ATTEMPT_TYPES)
 _INSERT_ATTEMPTS = (
     f"insert into attempts ({', '.join(_ATTEMPT_NAMES)}) {_recordset(_ATTEMPT_TYPES)}"
 )
-_ATTEMPT_MUTABLE = _ATTEMPT_NAMES[2:]
+_ATTEMPT_OUTCOME = (
+    "task_id text, attempt int, status text, outcome text, category text, message text, "
+    "result jsonb, worker_id text, started_at timestamptz, finished_at timestamptz, "
+    "input_tokens bigint, output_tokens bigint, cost_usd float8"
+)
 _UPDATE_ATTEMPTS = (
     "update attempts a set "  # noqa: S608 (constant columns)
-    + ", ".join(f"{c} = v.{c}" for c in _ATTEMPT_MUTABLE)
-    + f" from ({_recordset(_ATTEMPT_TYPES)}) v "
+    + _assign(_ATTEMPT_OUTCOME, 2)
+    + f" from ({_recordset(_ATTEMPT_OUTCOME)}) v "
     "where a.task_id = v.task_id and a.attempt = v.attempt"
 )
 _ATTEMPT_STATUS = {
@@ -401,18 +428,24 @@ _ATTEMPT_STATUS = {
 
 def _attempt_doc(put: AttemptPut) -> dict[str, Any]:
     attempt = put.attempt
+    return _attempt_outcome(put) | {
+        "arguments": attempt.arguments,
+        "idempotency_key": attempt.key,
+        "fence": attempt.fence,
+        "feedback": attempt.feedback,
+    }
+
+
+def _attempt_outcome(put: AttemptPut) -> dict[str, Any]:
+    attempt = put.attempt
     return {
         "task_id": put.task_id,
         "attempt": attempt.number,
         "status": _ATTEMPT_STATUS[attempt.outcome],
-        "arguments": attempt.arguments,
-        "idempotency_key": attempt.key,
-        "fence": attempt.fence,
         "outcome": attempt.outcome,
         "category": attempt.category,
         "message": attempt.message,
         "result": attempt.result,
-        "feedback": attempt.feedback,
         "worker_id": put.worker_id,
         "started_at": put.started_at,
         "finished_at": put.finished_at,
