@@ -9,7 +9,7 @@ SCENARIO ?= happy
 ANSWER ?= retry
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status topics demo test unit lint typecheck check schemas bench clean
+.PHONY: help venv up down status topics demo test unit lint typecheck check schemas bench chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ schemas: venv ## rewrite the .avsc files from the event models (refuses incompat
 
 bench: venv ## benchmarks: the mesh against raw Kafka and peers (QUICK=1: about 2 minutes)
 	$(STACK) with-stack -- $(BIN)/python -m bench.run $(if $(QUICK),--quick,)
+
+chaos: venv ## goals under killed and paused agents: each completes or rolls back (GOALS, KILL_EVERY, SEED)
+	$(STACK) with-stack -- $(BIN)/python -m chaos --goals $(or $(GOALS),300) --kill-every $(or $(KILL_EVERY),3) $(if $(SEED),--seed $(SEED),)
 
 clean: down ## stop the stack and delete its data and the Python environment
 	rm -rf .mesh $(VENV) infra/kafka/target
