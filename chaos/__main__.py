@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=None,
-        help="seconds for every goal to end (default: 300 + 4 per goal)",
+        help="seconds for every goal to end (default: 300 + 6 per goal)",
     )
     parser.add_argument(
         "--in-flight", type=int, default=defaults.in_flight, help="goals running at once"
