@@ -401,11 +401,14 @@ def _verdict(turn: _Turn, event: ev.TaskEvaluated) -> None:
 
 
 def _count(turn: _Turn, task: Task, decision: Decision) -> None:
-    """Keep the early-termination counters: verdicts since an accept, failures by kind."""
+    """Keep the early-termination counters: verdicts since an accept, failures by kind. An
+    attempt lost to the infrastructure counts in neither: it says nothing of the goal."""
     goal = turn.goal
     accepted = decision is Decision.ACCEPT
     failures = goal.failures
     current = task.current
+    if current is not None and current.category in INFRA_CATEGORIES:
+        return
     if not accepted and current is not None and current.outcome is not Outcome.SUCCEEDED:
         signature = f"{current.category}: {current.message or ''}"
         failures = {**failures, signature: failures.get(signature, 0) + 1}

@@ -824,3 +824,14 @@ def test_compensations_are_not_actions() -> None:
     assert undo.kind is TaskKind.COMPENSATION
     assert undo.pool == REGISTRY.get("delete_organisation").pool
     assert keys_of(sim.history.undo) == [undo.key]
+
+
+def test_attempts_lost_to_the_infrastructure_do_not_end_a_goal_early() -> None:
+    sim = Sim(draft(step("a", "flaky", value=1)), limits=Limits(same_failure=2, no_progress=2))
+    sim.start()
+    for _ in range(4):
+        sim.lost("a", "lease_expired", "the worker stopped heartbeating")
+        sim.fire_retry("a")
+    assert sim.st.goal.failures == {} and sim.st.goal.since_accept == 0
+    sim.ok("a")
+    assert sim.status() is GoalStatus.COMPLETED
