@@ -477,9 +477,11 @@ def _retry(turn: _Turn, task: Task, verdict: ev.TaskEvaluated) -> None:
         infra_losses=task.infra_losses + (1 if nxt.infra else 0),
         generation=task.generation + (1 if semantic and task.action else 0),
     )
+    # A call lost to the infrastructure is repeated as it was (a human's go-ahead included).
+    lost = task.current.feedback if nxt.infra and task.current is not None else None
     payload = {
         "attempt": task.attempt,
-        "feedback": verdict.feedback,
+        "feedback": lost if nxt.infra else verdict.feedback,
         "cause": verdict.event_id,
         "delay_s": nxt.delay_s,
     }
@@ -605,6 +607,9 @@ def _answer(
 
 
 def _human_retry(turn: _Turn, task: Task, values: Mapping[str, Any]) -> None:
+    """Run the step again with a fresh budget: the tool's attempts, the infrastructure's, and
+    the goal's early-termination counters start afresh (a human asked for more tries)."""
+    turn.set_goal(failures={}, since_accept=0)
     task = turn.set_task(
         task,
         arguments={**task.arguments, **values},

@@ -27,7 +27,7 @@ from agents.planner.changes import (
 from agents.planner.decide import decide
 from agents.planner.keys import action_fence
 from agents.planner.retry import Limits
-from agents.tools.base import Registry, RetryPolicy
+from agents.tools.base import HUMAN_RETRY, Registry, RetryPolicy
 from agents.tools.builtin import BUILTIN_TOOLS
 from agents.tools.onboarding import ONBOARDING_TOOLS
 from tests.unit.test_decide import (
@@ -835,3 +835,20 @@ def test_attempts_lost_to_the_infrastructure_do_not_end_a_goal_early() -> None:
     assert sim.st.goal.failures == {} and sim.st.goal.since_accept == 0
     sim.ok("a")
     assert sim.status() is GoalStatus.COMPLETED
+
+
+def test_a_human_s_retry_lost_to_the_infrastructure_is_repeated_with_its_go_ahead() -> None:
+    sim = Sim(draft(step("a", "flaky", value=1)))
+    sim.start()
+    for _ in range(FLAKY.max_attempts - 1):
+        sim.lost("a")
+        sim.fire_retry("a")
+    sim.lost("a")  # the tool's attempts are used up: a human is asked
+    assert sim.escalations()
+    (asked,) = sim.resolve("retry").actions
+    assert asked.feedback is not None and asked.feedback.startswith(HUMAN_RETRY)
+    assert sim.st.goal.failures == {}  # the human asked for more tries
+    sim.lost("a", "lease_expired", "the worker stopped heartbeating")
+    (again,) = sim.fire_retry("a").actions
+    assert again.feedback == asked.feedback
+    assert again.idempotency_key == asked.idempotency_key
