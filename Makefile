@@ -49,7 +49,7 @@ lint: venv ## ruff lint and format check
 	$(BIN)/ruff format --check .
 
 typecheck: venv ## mypy --strict
-	$(BIN)/mypy agents schemas topics infra bench tests
+	$(BIN)/mypy agents schemas topics infra bench chaos tests
 
 check: lint typecheck ## every static gate
 
