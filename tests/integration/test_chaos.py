@@ -25,11 +25,13 @@ def _broken(report: ChaosReport) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_every_goal_completes_or_is_rolled_back_whatever_fails(
     stack_settings: MeshSettings, tmp_path: Path
 ) -> None:
-    config = ChaosConfig(goals=40, kill_every=3.0, seed=2026, out_dir=tmp_path)
+    # A slow tool's goal needs three whole calls past their timeout between faults: on a loaded
+    # machine that takes minutes, so the bound is wide; a goal that never ends still fails it.
+    config = ChaosConfig(goals=40, kill_every=3.0, seed=2026, out_dir=tmp_path, timeout=780.0)
     report = run_chaos(config, settings=stack_settings)
     assert report.goals == 40
     assert report.tally.kills + report.tally.pauses > 0, "no fault struck"
