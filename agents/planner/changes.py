@@ -95,7 +95,6 @@ class GoalPut:
     text: str = ""  # a new goal's text and input, stored once
     input: Mapping[str, Any] = field(default_factory=dict)
     submitted_by: str = ""
-    mesh: str = ""
     trace_parent: str | None = None  # the goal's trace (the shell's to know)
 
 

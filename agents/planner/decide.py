@@ -93,7 +93,7 @@ def decide(state: GoalState | None, event: Input, context: Context) -> Decided:
     if isinstance(event, ev.GoalSubmitted):
         return _submitted(state, event, context)
     if state is None:
-        return _refused_unknown(event, context) if isinstance(event, Refused) else Decided(None)
+        return Decided(None)  # not a goal the ledger holds: nothing to decide, nothing to end
     turn = _Turn(state, context, _cause(event))
     _HANDLERS[type(event)](turn, event)
     return turn.decided()
@@ -225,12 +225,6 @@ def _submitted(state: GoalState | None, event: ev.GoalSubmitted, context: Contex
     else:
         turn.command(AskForPlan(goal.goal_id, event.event_id))
     return turn.decided()
-
-
-def _refused_unknown(event: Refused, context: Context) -> Decided:
-    """An event about a goal the ledger does not hold could not be handled: nothing to end."""
-    del event, context
-    return Decided(None)
 
 
 def _plan_ready(turn: _Turn, event: PlanReady) -> None:

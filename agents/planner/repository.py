@@ -241,6 +241,13 @@ def _assign(types: str, keys: int) -> str:
     return ", ".join(f"{c} = v.{c}" for c in _names(types)[keys:])
 
 
+def _insert(table: str, types: str, tail: str = "") -> str:
+    """An insert of the rows of the statement's one parameter (JSON documents) into ``table``,
+    the columns named once, in ``types``."""
+    names = ", ".join(_names(types))
+    return f"insert into {table} ({names}) {_recordset(types)} {tail}".rstrip()
+
+
 def _recordset(columns: str) -> str:
     """``select * from`` the JSON documents of the statement's one parameter, typed."""
     return f"select * from jsonb_to_recordset(%s::jsonb) as v({columns})"  # noqa: S608
@@ -255,8 +262,7 @@ _GOAL_TYPES = (
     "escalations jsonb, summary text, output jsonb, error_category text, error_message text, "
     "trace_parent text"
 )
-_GOAL_NAMES = _names(_GOAL_TYPES)
-_INSERT_GOALS = f"insert into goals ({', '.join(_GOAL_NAMES)}) {_recordset(_GOAL_TYPES)}"
+_INSERT_GOALS = _insert("goals", _GOAL_TYPES)
 # An update sends only what a goal's life changes (an insert sends the rest too).
 _GOAL_CHANGES = (
     "goal_id text, status text, plan_version int, steps_used int, input_tokens bigint, "
@@ -287,7 +293,7 @@ def _goal_doc(put: GoalPut, mesh: str) -> dict[str, Any]:
         "submitted_at": goal.submitted_at,
         "max_replans": goal.max_replans,
         "compensation_policy": goal.compensation_policy,
-        "mesh": put.mesh or mesh,
+        "mesh": mesh,
         "trace_parent": put.trace_parent,
     }
 
@@ -327,10 +333,7 @@ def _ending_doc(ending: Ending | None) -> dict[str, Any] | None:
 
 
 _PLAN_TYPES = "goal_id text, version int, engine text, rationale text, steps jsonb, reason text"
-_INSERT_PLANS = (
-    "insert into plans (goal_id, version, engine, rationale, steps, reason) "
-    f"{_recordset(_PLAN_TYPES)}"
-)
+_INSERT_PLANS = _insert("plans", _PLAN_TYPES)
 
 
 def _plan_doc(plan: PlanAdded) -> dict[str, Any]:
@@ -350,8 +353,7 @@ _TASK_TYPES = (
     "infra_losses int, generation int, idempotency_key text, effects jsonb, result jsonb, "
     "compensates text, undoes text"
 )
-_TASK_NAMES = _names(_TASK_TYPES)
-_INSERT_TASKS = f"insert into tasks ({', '.join(_TASK_NAMES)}) {_recordset(_TASK_TYPES)}"
+_INSERT_TASKS = _insert("tasks", _TASK_TYPES)
 _TASK_CHANGES = (
     "task_id text, arguments jsonb, status text, attempt int, attempt_floor int, "
     "infra_losses int, generation int, idempotency_key text, effects jsonb, result jsonb"
@@ -403,10 +405,7 @@ _ATTEMPT_TYPES = (
     "started_at timestamptz, finished_at timestamptz, input_tokens bigint, "
     "output_tokens bigint, cost_usd float8"
 )
-_ATTEMPT_NAMES = _names(_ATTEMPT_TYPES)
-_INSERT_ATTEMPTS = (
-    f"insert into attempts ({', '.join(_ATTEMPT_NAMES)}) {_recordset(_ATTEMPT_TYPES)}"
-)
+_INSERT_ATTEMPTS = _insert("attempts", _ATTEMPT_TYPES)
 _ATTEMPT_OUTCOME = (
     "task_id text, attempt int, status text, outcome text, category text, message text, "
     "result jsonb, worker_id text, started_at timestamptz, finished_at timestamptz, "
@@ -459,11 +458,7 @@ _VERDICT_TYPES = (
     "task_id text, attempt int, decision text, confidence float8, reason text, feedback text, "
     "input_tokens bigint, output_tokens bigint, cost_usd float8"
 )
-_INSERT_VERDICTS = (
-    "insert into verdicts (task_id, attempt, decision, confidence, reason, feedback, "
-    f"input_tokens, output_tokens, cost_usd) {_recordset(_VERDICT_TYPES)} "
-    "on conflict do nothing"
-)
+_INSERT_VERDICTS = _insert("verdicts", _VERDICT_TYPES, "on conflict do nothing")
 
 
 def _verdict_doc(added: VerdictAdded) -> dict[str, Any]:
@@ -485,11 +480,7 @@ _ESCALATION_TYPES = (
     "escalation_id text, goal_id text, task_id text, reason text, evidence jsonb, "
     "options text[], default_action text, expires_at timestamptz"
 )
-_INSERT_ESCALATIONS = (
-    "insert into escalations (escalation_id, goal_id, task_id, reason, evidence, options, "
-    f"default_action, expires_at) {_recordset(_ESCALATION_TYPES)} "
-    "on conflict do nothing"
-)
+_INSERT_ESCALATIONS = _insert("escalations", _ESCALATION_TYPES, "on conflict do nothing")
 
 
 def _escalation_doc(opened: EscalationOpened) -> dict[str, Any]:
@@ -529,10 +520,7 @@ _TIMER_TYPES = (
     "goal_id text, kind text, task_id text, escalation_id text, due_at timestamptz, "
     "payload jsonb, mesh text"
 )
-_INSERT_TIMERS = (
-    "insert into timers (goal_id, kind, task_id, escalation_id, due_at, payload, mesh) "
-    f"{_recordset(_TIMER_TYPES)}"
-)
+_INSERT_TIMERS = _insert("timers", _TIMER_TYPES)
 
 
 def _timer_doc(timer: TimerSet, mesh: str) -> dict[str, Any]:
@@ -550,10 +538,7 @@ def _timer_doc(timer: TimerSet, mesh: str) -> dict[str, Any]:
 _USAGE_TYPES = (
     "goal_id text, source text, input_tokens bigint, output_tokens bigint, cost_usd float8"
 )
-_INSERT_USAGE = (
-    "insert into usage_log (goal_id, source, input_tokens, output_tokens, cost_usd) "
-    f"{_recordset(_USAGE_TYPES)}"
-)
+_INSERT_USAGE = _insert("usage_log", _USAGE_TYPES)
 
 
 def _usage_doc(charge: Charged) -> dict[str, Any]:
