@@ -195,7 +195,8 @@ def _fleet(settings: MeshSettings, paths: RunPaths, config: ChaosConfig) -> Flee
     }
     fleet = Fleet(env=env, log_dir=paths.logs)
     for name, role in AGENTS:
-        fleet.add(name, role)
+        # Static membership: a restarted agent resumes its partitions without a rebalance.
+        fleet.add(name, role, env={"MESH_INSTANCE": name})
     return fleet
 
 

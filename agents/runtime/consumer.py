@@ -237,7 +237,9 @@ class ConsumerRuntime:
             return False
         if error.code() == KafkaError._PARTITION_EOF:
             return True
-        if error.fatal():
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            # The consumer is unusable (fenced by a newer process with its instance name, for
+            # one): end the process, so its supervisor starts a fresh one.
             raise KafkaException(error)
         log.warning("consumer error: %s", error.str())
         return True

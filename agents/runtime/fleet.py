@@ -82,8 +82,9 @@ class Fleet:
         self._log_dir = log_dir
         self.members: list[AgentProcess] = []
 
-    def add(self, name: str, *args: str) -> AgentProcess:
-        member = AgentProcess(name, args, self._env, self._log_dir)
+    def add(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> AgentProcess:
+        """One more process running ``mesh run *args``; ``env`` adds to the fleet's own."""
+        member = AgentProcess(name, args, self._env | dict(env or {}), self._log_dir)
         self.members.append(member)
         return member
 

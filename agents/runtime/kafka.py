@@ -57,7 +57,8 @@ def producer_config(settings: MeshSettings, *, client_id: str) -> dict[str, Any]
 
 def consumer_config(settings: MeshSettings, *, client_id: str, group_id: str) -> dict[str, Any]:
     """Offsets are stored by the runtime only after a record was fully handled, then committed."""
-    return client_config(settings, client_id=client_id) | {
+    static = {"group.instance.id": settings.instance} if settings.instance else {}
+    return static | client_config(settings, client_id=client_id) | {
         "group.id": group_id,
         "enable.auto.offset.store": False,
         "enable.auto.commit": True,

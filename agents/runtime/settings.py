@@ -60,6 +60,13 @@ class MeshSettings(BaseSettings):
     sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
     lease_ttl_s: float = Field(10.0, gt=0)
     worker_concurrency: int = Field(8, ge=1)
+    instance: str | None = Field(
+        None,
+        min_length=1,
+        description="a name this process keeps across restarts (a pod's, a unit's): static "
+        "group membership, so a restart within the session timeout resumes its partitions "
+        "without a rebalance",
+    )
     same_failure_limit: int = Field(10, ge=1, description="the same failure this often ends a goal")
     no_progress_limit: int = Field(
         20, ge=1, description="verdicts without an accept that end a goal"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import pytest
+from confluent_kafka import KafkaException
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -446,3 +447,28 @@ def test_a_batch_of_outcomes_waits_for_what_follows_them_and_no_longer(
         consumer.close()
     assert recorder.batches == [[ended], [outcome, verdict]]
     assert time.monotonic() - started < 30  # ended by the verdict, not by the linger
+
+
+def test_a_consumer_fenced_by_a_newer_one_with_its_instance_name_raises(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    """Static membership: a restarted process takes its name back, and the one it replaced (a
+    paused process resuming) cannot consume again, so it ends instead of idling."""
+    settings = mesh_settings.model_copy(update={"instance": unique("agent-")})
+    publisher.publish(ev.GoalCancelled(envelope=envelope(unique("goal-")), reason="first"))
+    publisher.flush()
+    group = unique("g-")
+    seen: list[ev.Event] = []
+    handlers: dict[type[ev.Event], Handler] = {ev.GoalCancelled: recorder(seen)}
+    first = runtime(settings, codec, publisher, handlers, ["goals"], group=group)
+    second = runtime(settings, codec, publisher, {}, ["goals"], group=group)
+    try:
+        pump(first, lambda: seen)
+        deadline = time.monotonic() + 30
+        with pytest.raises(KafkaException, match="fenced"):
+            while time.monotonic() < deadline:
+                second.poll_batch(0.2)
+                first.poll_batch(0.2)
+    finally:
+        second.close()
+    assert len(seen) == 1
