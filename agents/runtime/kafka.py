@@ -57,8 +57,7 @@ def producer_config(settings: MeshSettings, *, client_id: str) -> dict[str, Any]
 
 def consumer_config(settings: MeshSettings, *, client_id: str, group_id: str) -> dict[str, Any]:
     """Offsets are stored by the runtime only after a record was fully handled, then committed."""
-    static = {"group.instance.id": settings.instance} if settings.instance else {}
-    return static | client_config(settings, client_id=client_id) | {
+    config = client_config(settings, client_id=client_id) | {
         "group.id": group_id,
         "enable.auto.offset.store": False,
         "enable.auto.commit": True,
@@ -74,6 +73,9 @@ def consumer_config(settings: MeshSettings, *, client_id: str, group_id: str) ->
         "fetch.max.bytes": 16 * 1024 * 1024,
         "max.partition.fetch.bytes": 10 * 1024 * 1024,
     }
+    if settings.instance:  # static membership: a restart under this name is no rebalance
+        config["group.instance.id"] = settings.instance
+    return config
 
 
 def check_kafka(settings: MeshSettings) -> AdminClient:
