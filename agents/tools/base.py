@@ -94,6 +94,15 @@ claimed a key no attempt of the action can apply its effect any more."""
 _ATTEMPT_BITS: Final = 20
 
 
+def fenced_keys(key: str) -> tuple[str, ...]:
+    """What a call under effect ``key`` claims: its step's stem (``<goal>:<step>`` of a
+    ``<goal>:<step>:<digest>`` key) first, then the key. The stem is shared by every key the step
+    ever had, so an attempt under a key its step has since replaced (a human's ``set``, a
+    semantic retry) is refused once a later attempt or a compensation claimed the step."""
+    stem, sep, _ = key.rpartition(":")
+    return (stem, key) if sep and ":" in stem else (key,)
+
+
 def action_fence(plan_version: int, attempt: int) -> int:
     """The fencing token of an action attempt: a newer plan version wins, then a later attempt."""
     if not 0 < attempt < 1 << _ATTEMPT_BITS or plan_version < 0:

@@ -2,11 +2,12 @@
 
 A fence makes a superseded attempt harmless. Every attempt carries a fencing token
 (``ToolContext.fence``: the planner's ``action_fence`` for an action, ``COMPENSATION_FENCE`` for a
-compensation), and ``effect_fences`` keeps the highest token seen per effect key. ``fenced``
-claims the key for the call's token in the transaction the effect is made in: a lower token than
-the key's is refused with ``SupersededError`` before anything is done, and the claimed row stays
-locked until the transaction ends. So a compensation claiming a key waits for an effect in flight
-under it and then undoes it, and an attempt arriving after the compensation's claim is refused.
+compensation), and ``effect_fences`` keeps the highest token seen per effect key and per step.
+``fenced`` claims the step and the key for the call's token in the transaction the effect is made
+in: a lower token than either's is refused with ``SupersededError`` before anything is done, and
+the claimed rows stay locked until the transaction ends. So a compensation claiming a key waits
+for an effect in flight under it and then undoes it, and an attempt arriving after the
+compensation's claim is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import PoolTimeout
 
-from agents.tools.base import SupersededError, ToolContext, TransientToolError
+from agents.tools.base import SupersededError, ToolContext, TransientToolError, fenced_keys
 
 _CLAIM = (
     "insert into effect_fences (idempotency_key, token) values (%s, %s) "
@@ -47,7 +48,8 @@ def fenced(ctx: ToolContext) -> Iterator[psycopg.Connection[TupleRow]]:
     """
     with transaction(ctx) as conn:
         if ctx.fence > 0:
-            _claim(conn, ctx.undoes or ctx.idempotency_key, ctx.fence)
+            for key in fenced_keys(ctx.undoes or ctx.idempotency_key):  # the same order always
+                _claim(conn, key, ctx.fence)
         yield conn
 
 

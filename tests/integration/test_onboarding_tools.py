@@ -556,6 +556,27 @@ def test_a_higher_or_equal_token_acts_and_raises_the_fence(
     assert fence(pool, key) == action_fence(1, 2)
 
 
+@pytest.mark.parametrize("name", EFFECTFUL)
+def test_an_attempt_under_a_key_its_step_replaced_is_refused(
+    name: str, make_ctx: MakeContext, org: Any, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    """A human's ``set`` gave the step a new key; the old key's attempt, resumed late, is
+    fenced off by the step's stem, which the newer attempt claimed."""
+    stem = f"{unique('goal')}:step"
+    old, new = f"{stem}:{'a' * 16}", f"{stem}:{'b' * 16}"
+    call(name, action_arguments(name, org), make_ctx(new, fence=action_fence(1, 2), attempt=2))
+
+    with pytest.raises(SupersededError):
+        call(name, action_arguments(name, org), make_ctx(old, fence=action_fence(1, 1)))
+
+    assert effects(pool, old) == 0
+    assert (fence(pool, stem), fence(pool, new), fence(pool, old)) == (
+        action_fence(1, 2),
+        action_fence(1, 2),
+        None,
+    )
+
+
 def test_an_unfenced_call_claims_nothing(make_ctx: MakeContext, pool: ConnectionPool) -> None:
     ctx = make_ctx()
     call("notify_team_channel", {"text": "hi"}, ctx)

@@ -17,6 +17,7 @@ from agents.tools.base import (
     ToolResources,
     ToolTimeoutError,
     action_fence,
+    fenced_keys,
 )
 
 pytestmark = pytest.mark.unit
@@ -101,3 +102,15 @@ def test_a_short_sleep_ends_on_time() -> None:
     started = time.monotonic()
     context().sleep(0.1)
     assert time.monotonic() - started >= 0.1
+
+
+@pytest.mark.parametrize(
+    ("key", "claims"),
+    [
+        ("g1:email:0123456789abcdef", ("g1:email", "g1:email:0123456789abcdef")),
+        ("g1:email", ("g1:email",)),  # an older planner's key names the step alone
+        ("opaque", ("opaque",)),
+    ],
+)
+def test_a_call_claims_its_steps_stem_before_its_key(key: str, claims: tuple[str, ...]) -> None:
+    assert fenced_keys(key) == claims
