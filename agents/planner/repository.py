@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from agents import events as ev
 from agents import jsontext
 from agents.enums import CompensationPolicy, GoalStatus, Outcome, TaskKind, TaskStatus
 from agents.ledger.db import Connection
@@ -448,9 +449,7 @@ def _attempt_outcome(put: AttemptPut) -> dict[str, Any]:
         "worker_id": put.worker_id,
         "started_at": put.started_at,
         "finished_at": put.finished_at,
-        "input_tokens": put.usage.input_tokens,
-        "output_tokens": put.usage.output_tokens,
-        "cost_usd": put.usage.cost_usd,
+        **_tokens(put.usage),
     }
 
 
@@ -470,9 +469,7 @@ def _verdict_doc(added: VerdictAdded) -> dict[str, Any]:
         "confidence": v.confidence,
         "reason": v.reason,
         "feedback": v.feedback,
-        "input_tokens": v.usage.input_tokens,
-        "output_tokens": v.usage.output_tokens,
-        "cost_usd": v.usage.cost_usd,
+        **_tokens(v.usage),
     }
 
 
@@ -541,13 +538,20 @@ _USAGE_TYPES = (
 _INSERT_USAGE = _insert("usage_log", _USAGE_TYPES)
 
 
+def _tokens(usage: ev.Usage) -> dict[str, Any]:
+    """The usage columns every row that records spending has."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+
+
 def _usage_doc(charge: Charged) -> dict[str, Any]:
     return {
         "goal_id": charge.goal_id,
         "source": charge.source,
-        "input_tokens": charge.usage.input_tokens,
-        "output_tokens": charge.usage.output_tokens,
-        "cost_usd": charge.usage.cost_usd,
+        **_tokens(charge.usage),
     }
 
 
