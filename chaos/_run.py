@@ -64,7 +64,7 @@ class ChaosConfig:
     pause_ratio: float = 0.2  # the share of faults that are pauses rather than kills
     lease_ttl: float = 3.0  # the agents' MESH_LEASE_TTL_S
     timeout: float | None = None  # for every goal to end; None: scaled with ``goals``
-    in_flight: int = 40  # goals running at once
+    in_flight: int = 100  # goals running at once: they mostly wait (slow tools, backoffs, humans)
     window_age_s: float = 300.0  # a goal this old stops holding a place among those in flight
     quiet_max_s: float = 60.0  # the longest the mesh gets to settle once the faults stopped
     out_dir: Path | None = None  # where runs keep their files; None: <MESH_DATA_DIR>/chaos
