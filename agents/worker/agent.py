@@ -140,16 +140,20 @@ class Worker:
         # One MGET for every stored outcome and cancel flag: a command per key was most of the
         # cost of the round trip (redis-py packs each command in Python).
         pipe.mget(keys + [flags.key(g) for g in goals] if flags is not None else keys)
-        leases = {(e.task_id, e.attempt): _lease(e) for e in mine}
+        # Only the calls that start at once are leased here; one that may wait for a pool thread
+        # takes its lease when it starts, so a worker that dies loses only the calls it was
+        # running: the rest are simply delivered again, not retried as lost.
+        leases = {(e.task_id, e.attempt): _lease(e) for e in mine if self.runs_inline(e)}
         self._leases.acquire(*leases.values(), pipe=pipe)
         try:
             values = pipe.execute()[0]
         except redis.RedisError:
             self._leases.forget(*leases.values())  # the handlers take their own, one by one
             raise
+        keys = [(e.task_id, e.attempt) for e in mine]
         self._batch = _Batch(
             leases=leases,
-            stored={k: self._replay.decode(v) for k, v in zip(leases, values, strict=False)},
+            stored={k: self._replay.decode(v) for k, v in zip(keys, values, strict=False)},
             cancelled={g for g, raised in zip(goals, values[len(mine) :], strict=True) if raised},
         )
 
@@ -171,7 +175,7 @@ class Worker:
         if not self.serves(event.pool):
             return []  # another pool's task
         key = (event.task_id, event.attempt)
-        batch = self._batch if self._batch is not None and key in self._batch.leases else None
+        batch = self._batch if self._batch is not None and key in self._batch.stored else None
         if batch is not None:
             done = batch.stored.get(key)
         else:
@@ -192,7 +196,8 @@ class Worker:
         """Run the attempt under a lease (the batch's, or one taken and given back here)."""
         lease = _lease(event)
         started = datetime.now(UTC)
-        if batch is None:
+        own = batch is None or (event.task_id, event.attempt) not in batch.leases
+        if own:
             self._leases.acquire(lease)
         try:
             result = self._call(event, batch)
@@ -200,7 +205,7 @@ class Worker:
         except ToolError as exc:
             return self._failed(event, started, exc)
         finally:
-            if batch is None:
+            if own:
                 self._leases.release(lease)
         return self._completed(event, started, result)
 

@@ -19,7 +19,7 @@ from agents import events as ev
 from agents.ledger.db import open_pool
 from agents.runtime.consumer import Delivery
 from agents.runtime.settings import MeshSettings
-from agents.runtime.shortlived import CancelFlags, Leases, RateLimiter, ReplayCache
+from agents.runtime.shortlived import CancelFlags, Lease, Leases, RateLimiter, ReplayCache
 from agents.tools.base import (
     COMPENSATION_FENCE,
     Registry,
@@ -271,3 +271,32 @@ def test_a_compensation_runs_although_its_goal_is_cancelled(
     task = assign("pause", {"seconds": 0.1}, kind="compensation", fence=COMPENSATION_FENCE)
     flags.raise_flag(task.goal_id)
     assert isinstance(outcome(w, task), ev.TaskCompleted)
+
+
+def test_a_call_waiting_for_a_thread_holds_no_lease_until_it_starts(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    """A worker that dies loses only the calls it was running: the ones still queued behind
+    them hold no lease, so the watchdog does not count them lost; they are delivered again."""
+    w = worker(mesh_settings, pool, tmp_path)
+    client = redis.Redis.from_url(mesh_settings.redis_url.get_secret_value())
+    key = f"{mesh_settings.topic_prefix}leases"
+    running, queued = assign("pause", {"seconds": 0.5}), assign("pause", {"seconds": 0.5})
+    instant = assign("echo", {"value": 1})
+
+    def leased(event: ev.TaskAssigned) -> bool:
+        lease = Lease(event.task_id, event.attempt, event.goal_id, event.step_id, event.tool)
+        return client.zscore(key, lease.member()) is not None
+
+    w.before_batch([running, queued, instant])
+    at_start = [leased(e) for e in (running, queued, instant)]
+    with ThreadPoolExecutor(1) as one:
+        call = one.submit(outcome, w, running)
+        assert_eventually(lambda: leased(running))
+        queued_meanwhile = leased(queued)
+        assert isinstance(call.result(), ev.TaskCompleted)
+    w.after_batch()
+
+    assert at_start == [False, False, True]
+    assert not queued_meanwhile
+    assert not any(leased(e) for e in (running, queued, instant))  # all given back
