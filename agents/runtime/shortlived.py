@@ -56,12 +56,16 @@ class Leases:
 
     def acquire(self, *leases: Lease, pipe: Pipeline | None = None) -> None:
         """Hold ``leases`` (sent on ``pipe`` when given, for the caller to execute)."""
+        if not leases:
+            return
         members = [lease.member() for lease in leases]
         with self._lock:
             self._held.update(members)
         (pipe or self._redis).zadd(self._key, dict.fromkeys(members, time.time() + self._ttl))
 
     def release(self, *leases: Lease, pipe: Pipeline | None = None) -> None:
+        if not leases:
+            return
         self.forget(*leases)
         (pipe or self._redis).zrem(self._key, *[lease.member() for lease in leases])
 

@@ -150,10 +150,10 @@ class Worker:
         except redis.RedisError:
             self._leases.forget(*leases.values())  # the handlers take their own, one by one
             raise
-        keys = [(e.task_id, e.attempt) for e in mine]
+        attempts = [(e.task_id, e.attempt) for e in mine]
         self._batch = _Batch(
             leases=leases,
-            stored={k: self._replay.decode(v) for k, v in zip(keys, values, strict=False)},
+            stored={k: self._replay.decode(v) for k, v in zip(attempts, values, strict=False)},
             cancelled={g for g, raised in zip(goals, values[len(mine) :], strict=True) if raised},
         )
 

@@ -300,3 +300,13 @@ def test_a_call_waiting_for_a_thread_holds_no_lease_until_it_starts(
     assert at_start == [False, False, True]
     assert not queued_meanwhile
     assert not any(leased(e) for e in (running, queued, instant))  # all given back
+
+
+def test_a_batch_with_nothing_to_lease_up_front_prefetches_all_the_same(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    w = worker(mesh_settings, pool, tmp_path)
+    queued = assign("pause", {"seconds": 0})
+    w.before_batch([queued])  # one Redis round trip, with no lease in it
+    assert isinstance(outcome(w, queued), ev.TaskCompleted)
+    w.after_batch()
