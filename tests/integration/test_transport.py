@@ -461,9 +461,9 @@ def test_a_consumer_fenced_by_a_newer_one_with_its_instance_name_raises(
     seen: list[ev.Event] = []
     handlers: dict[type[ev.Event], Handler] = {ev.GoalCancelled: recorder(seen)}
     first = runtime(settings, codec, publisher, handlers, ["goals"], group=group)
-    second = runtime(settings, codec, publisher, {}, ["goals"], group=group)
+    pump(first, lambda: seen)
+    second = runtime(settings, codec, publisher, {}, ["goals"], group=group)  # joins at once
     try:
-        pump(first, lambda: seen)
         deadline = time.monotonic() + 30
         with pytest.raises(KafkaException, match="fenced"):
             while time.monotonic() < deadline:
