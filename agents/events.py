@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+import orjson
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from agents import __version__, jsontext
 from agents.enums import Answer, CompensationPolicy, Decision, TaskKind
@@ -21,10 +22,40 @@ from agents.enums import Answer, CompensationPolicy, Decision, TaskKind
 
 def _parse_json_object(value: Any) -> Any:
     if isinstance(value, str | bytes):
-        value = jsontext.loads(value)
+        return _parse_json_text(value)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    _check_storable(value)
+    return value
+
+
+def _parse_json_text(text: str | bytes) -> dict[str, Any]:
+    # A NUL can only be in JSON text escaped, and orjson refuses lone surrogates: only text with
+    # that escape in it, or that went to the more lenient reader, needs a walk.
+    try:
+        value = orjson.loads(text)
+        found = text.find(b"\\u0000") if isinstance(text, bytes) else text.find("\\u0000")
+        if found >= 0:
+            _check_storable(value)
+    except orjson.JSONDecodeError:
+        value = jsontext.loads(text)
+        _check_storable(value)
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
     return value
+
+
+def _check_storable(value: Any) -> None:
+    """Refuse a JSON value with a string (or key) that the ledger cannot hold."""
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key)
+            _check_storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item)
 
 
 def _dump_json_object(value: dict[str, Any]) -> str:
@@ -57,6 +88,43 @@ OptionalJsonObject = Annotated[
 """A JSON object or nothing: a JSON string or null on the wire."""
 
 
+_NUL = "contains a NUL character, which the ledger cannot store"
+
+
+def _storable(value: str) -> str:
+    """``value`` if the ledger (Postgres text and jsonb) can store it: no NUL, valid Unicode."""
+    if "\x00" in value:
+        raise ValueError(_NUL)
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("contains a lone surrogate, which is not Unicode text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+"""Free text: anything but NUL and lone surrogates."""
+
+ID_MAX_LENGTH: Final = 200
+"""The longest id (of an event, goal, task, step, tool, pool, key, escalation or worker): each
+is a key of a ledger index."""
+ID_ALPHABET: Final = "A-Z a-z 0-9 . _ : - @ + = /"
+
+Id = Annotated[str, Field(max_length=ID_MAX_LENGTH, pattern=r"^[A-Za-z0-9._:@+=/-]*$")]
+"""An id: up to ``ID_MAX_LENGTH`` characters of ``ID_ALPHABET``; empty where the field says."""
+
+INT32_MAX: Final = 2**31 - 1
+INT64_MAX: Final = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+"""A count or number the ledger keeps in an ``integer`` column."""
+Amount = Annotated[int, Field(ge=0, le=INT64_MAX)]
+"""A quantity the ledger keeps in a ``bigint`` column (tokens, fencing tokens, offsets)."""
+
+MAX_STEPS_CEILING: Final = 10_000
+"""The most steps a goal may ask for."""
+
+
 def now() -> datetime:
     """The current time, timezone-aware, at the microsecond precision Avro keeps."""
     return datetime.now(UTC)
@@ -83,29 +151,31 @@ _V7_SET = 0x7 << 76 | 0x2 << 62
 class Record(BaseModel):
     """Base of every contract model: immutable, strict about unknown fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Envelope(Record):
     """What every event says about itself: identity, goal, time, producer, causality."""
 
-    event_id: str = Field(default_factory=new_id, description="unique; used for de-duplication")
-    goal_id: str = Field(description="the goal this event belongs to ('' when none)")
+    event_id: Id = Field(
+        default_factory=new_id, min_length=1, description="unique; used for de-duplication"
+    )
+    goal_id: Id = Field(description="the goal this event belongs to ('' when none)")
     occurred_at: datetime = Field(default_factory=now)
-    producer_agent: str = Field("client", description="agent role that produced the event")
-    producer_version: str = Field(
+    producer_agent: Text = Field("client", description="agent role that produced the event")
+    producer_version: Text = Field(
         default_factory=lambda: __version__, description="version of the producing agent"
     )
-    correlation_id: str = Field("", description="groups events of one conversation")
-    causation_id: str | None = Field(None, description="event_id of the event that caused this")
+    correlation_id: Id = Field("", description="groups events of one conversation")
+    causation_id: Id | None = Field(None, description="event_id of the event that caused this")
 
 
 class Usage(Record):
     """Tokens and money spent producing an event."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
+    input_tokens: Amount = 0
+    output_tokens: Amount = 0
+    cost_usd: float = Field(0.0, ge=0)
 
     @property
     def spent(self) -> bool:
@@ -135,15 +205,19 @@ class Event(Record):
 class GoalSubmitted(Event):
     """A user's goal enters the mesh."""
 
-    text: str = Field(description="the goal in the user's words")
+    text: Text = Field(description="the goal in the user's words")
     input: JsonObject = Field(default_factory=dict, description="structured input for the tools")
-    max_steps: int = Field(25, description="most task attempts the goal may use")
-    max_tokens: int | None = Field(None, description="token ceiling; none for unbounded")
-    budget_usd: float | None = Field(None, description="cost ceiling in USD; none for unbounded")
+    max_steps: int = Field(
+        25, ge=1, le=MAX_STEPS_CEILING, description="most task attempts the goal may use"
+    )
+    max_tokens: Amount | None = Field(None, description="token ceiling; none for unbounded")
+    budget_usd: float | None = Field(
+        None, ge=0, description="cost ceiling in USD; none for unbounded"
+    )
     deadline_at: datetime | None = Field(None, description="the goal fails if not done by then")
-    confidence_threshold: float = Field(0.0, description="verdicts below it escalate")
-    submitted_by: str = "anonymous"
-    max_replans: int = Field(2, description="most new plan versions the goal may use")
+    confidence_threshold: float = Field(0.0, ge=0, le=1, description="verdicts below it escalate")
+    submitted_by: Text = "anonymous"
+    max_replans: Count = Field(2, description="most new plan versions the goal may use")
     compensation_policy: CompensationPolicy = Field(
         CompensationPolicy.ALL,
         description="on failure undo: all (every completed step) | dependents | none",
@@ -153,32 +227,32 @@ class GoalSubmitted(Event):
 class GoalCancelled(Event):
     """A user or operator stops a goal."""
 
-    reason: str = ""
-    requested_by: str = "anonymous"
+    reason: Text = ""
+    requested_by: Text = "anonymous"
 
 
 class TaskAssigned(Event):
     """The planner hands one attempt of one plan step to the workers of a pool."""
 
-    task_id: str
-    plan_version: int
-    step_id: str
-    tool: str
+    task_id: Id
+    plan_version: Count
+    step_id: Id
+    tool: Id
     arguments: JsonObject = Field(default_factory=dict)
-    attempt: int = 1
-    pool: str = "default"
+    attempt: Count = Field(1, ge=1)
+    pool: Id = "default"
     kind: TaskKind = Field(TaskKind.ACTION, description="action | compensation")
-    timeout_s: float = 30.0
-    idempotency_key: str
-    feedback: str | None = Field(None, description="evaluator feedback carried into a retry")
-    fence: int = Field(
+    timeout_s: float = Field(30.0, gt=0)
+    idempotency_key: Id
+    feedback: Text | None = Field(None, description="evaluator feedback carried into a retry")
+    fence: Amount = Field(
         0,
         description=(
             "the attempt's fencing token: an effect store refuses a token lower than the highest "
             "it has seen for the same key; 0 means unfenced (events from older planners)"
         ),
     )
-    undoes: str | None = Field(
+    undoes: Id | None = Field(
         None, description="for a compensation, the idempotency key of the effect it undoes"
     )
 
@@ -192,12 +266,12 @@ _ARGUMENTS = (
 class TaskCompleted(Event):
     """A worker finished a task attempt; the result is the tool's typed output."""
 
-    task_id: str
-    step_id: str
-    tool: str
-    attempt: int
+    task_id: Id
+    step_id: Id
+    tool: Id
+    attempt: Count = Field(ge=1)
     result: JsonObject = Field(default_factory=dict)
-    worker_id: str
+    worker_id: Id
     started_at: datetime
     finished_at: datetime
     usage: Usage = Field(default_factory=Usage)
@@ -207,14 +281,14 @@ class TaskCompleted(Event):
 class TaskFailed(Event):
     """A worker could not finish a task attempt."""
 
-    task_id: str
-    step_id: str
-    tool: str
-    attempt: int
-    category: str = Field(description="failure category, e.g. transient, permanent, timeout")
-    message: str
+    task_id: Id
+    step_id: Id
+    tool: Id
+    attempt: Count = Field(ge=1)
+    category: Text = Field(description="failure category, e.g. transient, permanent, timeout")
+    message: Text
     retryable: bool
-    worker_id: str
+    worker_id: Id
     started_at: datetime
     finished_at: datetime
     details: JsonObject = Field(default_factory=dict)
@@ -225,46 +299,46 @@ class TaskFailed(Event):
 class TaskEvaluated(Event):
     """The evaluator's verdict on one task attempt."""
 
-    task_id: str
-    step_id: str
-    attempt: int
+    task_id: Id
+    step_id: Id
+    attempt: Count = Field(ge=1)
     decision: Decision = Field(description="accept | retry | replan | escalate | fail | compensate")
-    confidence: float
-    reason: str
-    feedback: str | None = None
+    confidence: float = Field(ge=0, le=1)
+    reason: Text
+    feedback: Text | None = None
     usage: Usage = Field(default_factory=Usage)
 
 
 class GoalCompleted(Event):
     """The goal reached its end successfully."""
 
-    summary: str
+    summary: Text
     output: JsonObject = Field(default_factory=dict)
-    steps: int
+    steps: Count
     usage: Usage = Field(default_factory=Usage)
-    duration_s: float
+    duration_s: float = Field(ge=0)
 
 
 class GoalFailed(Event):
     """The goal ended without success."""
 
-    category: str
-    message: str
-    summary: str = ""
-    steps: int = 0
+    category: Text
+    message: Text
+    summary: Text = ""
+    steps: Count = 0
     usage: Usage = Field(default_factory=Usage)
-    duration_s: float = 0.0
-    compensated: list[str] = Field(default_factory=list, description="step ids rolled back")
+    duration_s: float = Field(0.0, ge=0)
+    compensated: list[Id] = Field(default_factory=list, description="step ids rolled back")
 
 
 class EscalationRaised(Event):
     """The goal waits for a human decision."""
 
-    escalation_id: str
-    task_id: str | None = None
-    reason: str
+    escalation_id: Id
+    task_id: Id | None = None
+    reason: Text
     evidence: JsonObject = Field(default_factory=dict)
-    options: list[str] = Field(default_factory=list)
+    options: list[Text] = Field(default_factory=list)
     expires_at: datetime | None = None
     default_action: Answer = Answer.ABORT
 
@@ -272,10 +346,10 @@ class EscalationRaised(Event):
 class EscalationResolved(Event):
     """A human's answer to an escalation."""
 
-    escalation_id: str
+    escalation_id: Id
     action: Answer = Field(description="approve | retry | abort | set")
     values: JsonObject = Field(default_factory=dict, description="arguments to set, for 'set'")
-    resolved_by: str = "anonymous"
+    resolved_by: Text = "anonymous"
 
 
 class Header(Record):
@@ -288,15 +362,15 @@ class Header(Record):
 class DeadLetter(Event):
     """A record the mesh refused, with its original bytes and why."""
 
-    category: str
-    message: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
+    category: Text
+    message: Text
+    source_topic: Text
+    source_partition: Count
+    source_offset: Amount
     original_key: bytes | None = None
     original_value: bytes | None = None
     original_headers: list[Header] = Field(default_factory=list)
-    agent: str
+    agent: Text
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

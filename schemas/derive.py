@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -70,6 +70,8 @@ def _type(annotation: Any, info: FieldInfo | None, seen: set[str]) -> AvroType:
     if _is_json(info):
         json: AvroType = {"type": "string", "logicalType": "json"}
         return ["null", json] if type(None) in get_args(annotation) else json
+    if get_origin(annotation) is Annotated:  # constraints the model checks are no Avro matter
+        annotation = get_args(annotation)[0]
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         return _union(annotation, seen)

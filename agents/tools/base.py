@@ -80,6 +80,13 @@ class UnknownToolError(ToolError):
     category = "unknown_tool"
 
 
+class UnreportableResultError(ToolError):
+    """The call returned, but its result cannot be carried by an event (a NUL character, a
+    lone surrogate, a number past the contract's range): the call may have acted."""
+
+    category = "unreportable_result"
+
+
 class InvalidArgumentsError(ToolError):
     category = "invalid_arguments"
 

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agents import events as ev
 from agents.ledger.db import remember
@@ -42,6 +42,7 @@ from agents.tools.base import (
     ToolError,
     ToolResources,
     ToolTimeoutError,
+    UnreportableResultError,
 )
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,13 @@ class Worker:
         finally:
             if own:
                 self._leases.release(lease)
-        return self._completed(event, started, result)
+        try:
+            return self._completed(event, started, result)
+        except ValidationError as exc:  # the planner must hear of the call all the same
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            reason = f"{event.tool} returned what no event can carry: {where}: {problem['msg']}"
+            return self._failed(event, started, UnreportableResultError(reason))
 
     def _cancelled(self, goal_id: str, batch: _Batch | None = None) -> bool:
         if batch is not None:
