@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from agents import events as ev
 from agents.client import EXIT_CODES, GoalStatus, MeshClient
 from agents.runtime.settings import MeshSettings
 
@@ -34,8 +37,13 @@ def run_agent(args: argparse.Namespace, settings: MeshSettings) -> int:
 def _read_input(source: str | None) -> dict[str, Any]:
     if source is None:
         return {}
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    data = json.loads(text)
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"mesh submit: cannot read --input {source}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"mesh submit: --input {source} is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise SystemExit("mesh submit: --input must hold a JSON object")
     return data
@@ -52,18 +60,22 @@ def submit(args: argparse.Namespace, settings: MeshSettings) -> int:
 
 
 def _submit(args: argparse.Namespace, settings: MeshSettings) -> int:
+    goal_input = _read_input(args.input)
     with MeshClient(settings) as client:
-        handle = client.submit(
-            args.text,
-            input=_read_input(args.input),
-            max_steps=args.max_steps,
-            budget_usd=args.budget_usd,
-            max_tokens=args.max_tokens,
-            confidence_threshold=args.confidence_threshold,
-            compensation_policy=args.compensation_policy,
-            deadline_s=args.deadline,
-            submitted_by="cli",
-        )
+        try:
+            handle = client.submit(
+                args.text,
+                input=goal_input,
+                max_steps=args.max_steps,
+                budget_usd=args.budget_usd,
+                max_tokens=args.max_tokens,
+                confidence_threshold=args.confidence_threshold,
+                compensation_policy=args.compensation_policy,
+                deadline_s=args.deadline,
+                submitted_by="cli",
+            )
+        except ValidationError as exc:
+            raise SystemExit(f"mesh submit: the goal is refused: {ev.refusal(exc)}") from None
         if not args.wait:
             print(json.dumps({"goal_id": handle.goal_id}) if args.json else handle.goal_id)
             return 0

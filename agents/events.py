@@ -14,7 +14,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final
 
 import orjson
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+)
 
 from agents import __version__, jsontext
 from agents.enums import Answer, CompensationPolicy, Decision, TaskKind
@@ -123,6 +131,14 @@ Amount = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 MAX_STEPS_CEILING: Final = 10_000
 """The most steps a goal may ask for."""
+
+
+def refusal(exc: ValidationError) -> str:
+    """What was wrong, in one line naming the field: ``max_steps: Input should be ...``."""
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "value"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {problem['msg']}{more}"
 
 
 def now() -> datetime:

@@ -211,9 +211,7 @@ class Worker:
         try:
             return self._completed(event, started, result)
         except ValidationError as exc:  # the planner must hear of the call all the same
-            problem = exc.errors()[0]
-            where = ".".join(str(p) for p in problem["loc"])
-            reason = f"{event.tool} returned what no event can carry: {where}: {problem['msg']}"
+            reason = f"{event.tool} returned what no event can carry: {ev.refusal(exc)}"
             return self._failed(event, started, UnreportableResultError(reason))
 
     def _cancelled(self, goal_id: str, batch: _Batch | None = None) -> bool:

@@ -67,3 +67,22 @@ def test_the_demo_completes_the_onboarding_goal(
     assert "completed" in demo.stdout
     for effect in ("organisation row", "infrastructure", "email", "team channel"):
         assert f"demo: {effect}" in demo.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        (["--max-steps", "2147483648"], None, "max_steps: Input should be less than or equal"),
+        (["--input", "-"], '{"company": "a\\u0000b"}', "input: Value error, contains a NUL"),
+        (["--input", "-"], "not json", "--input - is not JSON"),
+        (["--input", "-"], "[1, 2]", "--input must hold a JSON object"),
+    ],
+    ids=["max-steps-past-int32", "nul-in-input", "input-not-json", "input-not-an-object"],
+)
+def test_submit_refuses_a_goal_the_mesh_cannot_hold_in_one_line(
+    mesh_settings: MeshSettings, tmp_path: Path, args: list[str], stdin: str | None, says: str
+) -> None:
+    refused = mesh(agent_env(mesh_settings, tmp_path), "submit", "onboard x", *args, stdin=stdin)
+    assert refused.returncode == 1
+    assert says in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -310,3 +310,13 @@ def test_a_batch_with_nothing_to_lease_up_front_prefetches_all_the_same(
     w.before_batch([queued])  # one Redis round trip, with no lease in it
     assert isinstance(outcome(w, queued), ev.TaskCompleted)
     w.after_batch()
+
+
+def test_a_result_no_event_can_carry_fails_the_attempt_as_maybe_done(
+    mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
+) -> None:
+    """The planner must hear of every call; a result with a NUL cannot be reported as done."""
+    result = outcome(worker(mesh_settings, pool, tmp_path), assign("echo", {"value": "a\x00b"}))
+    assert isinstance(result, ev.TaskFailed)
+    assert (result.category, result.retryable) == ("unreportable_result", False)
+    assert "result.value" in result.message
