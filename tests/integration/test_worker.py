@@ -316,7 +316,15 @@ def test_a_result_no_event_can_carry_fails_the_attempt_as_maybe_done(
     mesh_settings: MeshSettings, pool: ConnectionPool, tmp_path: Path
 ) -> None:
     """The planner must hear of every call; a result with a NUL cannot be reported as done."""
-    result = outcome(worker(mesh_settings, pool, tmp_path), assign("echo", {"value": "a\x00b"}))
+
+    class Said(BaseModel):
+        text: str = ""
+
+    def nul(args: _Value, ctx: ToolContext) -> Said:
+        return Said(text="a\x00b")
+
+    w = worker(mesh_settings, pool, tmp_path, Registry([Tool("nul", "nul", _Value, Said, nul)]))
+    result = outcome(w, assign("nul", {}))
     assert isinstance(result, ev.TaskFailed)
     assert (result.category, result.retryable) == ("unreportable_result", False)
-    assert "result.value" in result.message
+    assert "result: Value error, contains a NUL" in result.message
