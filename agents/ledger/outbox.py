@@ -99,6 +99,9 @@ class LedgerSink:
         self._delivered += deliver(runtime.publisher, sent)
         return [item.delivery for item in items]
 
+    def collect(self) -> Sequence[Delivery]:
+        return ()  # ``handle`` finishes its whole batch
+
     def close(self) -> None:
         self.settle()
 

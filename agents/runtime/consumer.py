@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -38,6 +38,8 @@ from schemas.codec import Codec
 from topics.catalogue import spec_for
 
 log = logging.getLogger(__name__)
+
+BACKLOG_PER_THREAD = 4  # items a pooled sink holds in hand per thread before it waits for room
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class Sink(Protocol):
 
     def handle(self, items: Sequence[Item], runtime: RuntimeHandle) -> Sequence[Delivery]: ...
 
+    def collect(self) -> Sequence[Delivery]:
+        """What the sink finished since it last said, of items ``handle`` returned without: a
+        sink whose calls can be slow hands them to threads and goes on with the next records."""
+
     def close(self) -> None:
         """The runtime is stopping: settle what is pending (called before the consumer closes)."""
 
@@ -154,6 +160,46 @@ class Linger:
             return False
 
 
+class OpenOffsets:
+    """The records handed out and not yet finished, per partition in offset order. What may be
+    stored is the offset past the last record before the first unfinished one, so a record
+    finished early (a fast call beside a slow one) never lets its partition's commit pass a
+    record still in hand."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int], dict[int, tuple[Delivery, bool]]] = {}
+
+    def take(self, delivery: Delivery) -> None:
+        self._open.setdefault((delivery.topic, delivery.partition), {})[delivery.offset] = (
+            delivery,
+            False,
+        )
+
+    def finish(self, deliveries: Iterable[Delivery]) -> None:
+        for d in deliveries:
+            held = self._open.get((d.topic, d.partition), {})
+            if held.get(d.offset, (None, False))[0] is d:  # not one of a partition since lost
+                held[d.offset] = (d, True)
+
+    def storable(self) -> list[TopicPartition]:
+        ready = []
+        for (topic, partition), held in self._open.items():
+            last = None
+            for offset, (_, done) in list(held.items()):
+                if not done:
+                    break
+                del held[offset]
+                last = offset
+            if last is not None:
+                ready.append(TopicPartition(topic, partition, last + 1))
+        return ready
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """The partitions went to another consumer: what is still in hand of them is theirs."""
+        for tp in partitions:
+            self._open.pop((tp.topic, tp.partition), None)
+
+
 class ConsumerRuntime:
     """One consumer (one thread) feeding decoded events of some types to a sink."""
 
@@ -180,8 +226,16 @@ class ConsumerRuntime:
         self._tick = tick
         self.backoff = backoff or Backoff()
         self._stop = threading.Event()
+        self._offsets = OpenOffsets()
         self._consumer = Consumer(consumer_config(settings, client_id=client_id, group_id=group_id))
-        self._consumer.subscribe([spec_for(r).name(settings.topic_prefix) for r in roles])
+        self._consumer.subscribe(
+            [spec_for(r).name(settings.topic_prefix) for r in roles],
+            on_revoke=self._moved,
+            on_lost=self._moved,
+        )
+
+    def _moved(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._offsets.forget(partitions)
 
     def stop(self) -> None:
         """Ask ``run`` to return after the batch in hand; safe from any thread or a signal."""
@@ -217,6 +271,7 @@ class ConsumerRuntime:
                 if self._record_error(message):
                     continue
                 delivery = Delivery.of(message)
+                self._offsets.take(delivery)
                 item = self._decode(delivery)
                 if item is None:
                     finished.append(delivery)  # dead-lettered, or another role's event
@@ -225,11 +280,19 @@ class ConsumerRuntime:
             if items:
                 finished += self._sink.handle(items, self)
         finally:
-            self.publisher.flush()
-            if finished:
-                crashpoint("consumer.after_publish")
-            self._store(finished)
+            finished += self._sink.collect()
+            self._settle(finished)
         return len(finished)
+
+    def _settle(self, finished: list[Delivery]) -> None:
+        """Make what ``finished`` caused durable, then store the offsets that became storable."""
+        self.publisher.flush()
+        if finished:
+            crashpoint("consumer.after_publish")
+            self._offsets.finish(finished)
+            ready = self._offsets.storable()
+            if ready:
+                self._consumer.store_offsets(offsets=ready)
 
     def _record_error(self, message: Message) -> bool:
         error = message.error()
@@ -243,15 +306,6 @@ class ConsumerRuntime:
             raise KafkaException(error)
         log.warning("consumer error: %s", error.str())
         return True
-
-    def _store(self, deliveries: list[Delivery]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for d in sorted(deliveries, key=lambda d: d.offset):
-            last[(d.topic, d.partition)] = d.offset
-        if last:
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-            )
 
     def _decode(self, delivery: Delivery) -> Item | None:
         """The record's event when this consumer's sink takes its type; None when it does not,
@@ -299,7 +353,7 @@ class ConsumerRuntime:
         """Settle the sink, flush what was emitted, commit stored offsets, leave the group."""
         try:
             self._sink.close()
-            self.publisher.flush()
+            self._settle(list(self._sink.collect()))
         finally:
             self._consumer.close()
 
@@ -315,10 +369,12 @@ class BatchHooks(Protocol):
 
 class HandlerSink:
     """Runs pure handlers, publishes what they return; transient failures retry in place,
-    refusals and handler bugs go to dead letters. With ``concurrency`` > 1 the items of a batch
-    run on a thread pool (for slow tools); their order within the batch is then not kept. Items
-    for which ``inline`` says so run on the calling thread meanwhile: handing a record that
-    never waits to a pool thread and back cost more than handling it.
+    refusals and handler bugs go to dead letters. With ``concurrency`` > 1 the items run on a
+    thread pool (for slow tools) and ``handle`` does not wait for them: the consumer goes on
+    with the next records while they run, up to ``BACKLOG_PER_THREAD`` items a thread, and
+    ``collect`` hands them back as they finish, so a slow call holds up no other. Their order is
+    then not kept. Items for which ``inline`` says so run on the calling thread meanwhile:
+    handing a record that never waits to a pool thread and back cost more than handling it.
 
     ``hooks`` run before and after each batch. A failing ``before_batch`` is only logged: the
     handlers then fetch what they need one by one."""
@@ -336,6 +392,8 @@ class HandlerSink:
         self._span_name = span_name
         self.accepts = frozenset(self._handlers)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+        self._backlog = concurrency * BACKLOG_PER_THREAD
+        self._running: set[Future[Delivery | None]] = set()
         self._hooks = hooks
         self._inline = inline
 
@@ -353,6 +411,8 @@ class HandlerSink:
         finally:
             if self._hooks is not None:
                 self._hooks.after_batch()
+        if len(self._running) > self._backlog:  # enough in hand: wait for room, not for all
+            wait(self._running, return_when=FIRST_COMPLETED)
         return [d for d in done if d is not None]
 
     def _finish_all(self, items: Sequence[Item], runtime: RuntimeHandle) -> list[Delivery | None]:
@@ -361,14 +421,17 @@ class HandlerSink:
             return [self._finish(item, runtime) for item in items]
         here = [self._inline(item.event) for item in items]
         # The pool's share is submitted first, so it runs while this thread does its own.
-        pooled = pool.map(
-            lambda item: self._finish(item, runtime),
-            [item for item, inline in zip(items, here, strict=True) if not inline],
-        )
-        mine = [
+        for item, inline in zip(items, here, strict=True):
+            if not inline:
+                self._running.add(pool.submit(self._finish, item, runtime))
+        return [
             self._finish(item, runtime) for item, inline in zip(items, here, strict=True) if inline
         ]
-        return mine + list(pooled)
+
+    def collect(self) -> list[Delivery]:
+        ended = [f for f in self._running if f.done()]
+        self._running.difference_update(ended)
+        return [d for d in (f.result() for f in ended) if d is not None]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -185,9 +185,9 @@ class Worker:
             trace.get_current_span().set_attribute("mesh.replayed", True)
             return [done]
         outcome = self._run(event, batch)
-        if batch is not None:
+        if batch is not None and key in batch.leases:  # run within its batch: stored with it
             batch.outcomes.append((key, outcome))
-        else:
+        else:  # a pool thread's call may end after its batch was written back
             self._replay.remember("outcome", event.task_id, event.attempt, outcome)
         return [outcome]
 

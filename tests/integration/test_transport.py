@@ -90,6 +90,9 @@ class BatchRecorder:
         self.batches.append([item.event for item in items])
         return [item.delivery for item in items]
 
+    def collect(self) -> Sequence[Delivery]:
+        return ()
+
     def close(self) -> None:
         pass
 
@@ -402,10 +405,11 @@ def test_records_that_never_wait_are_handled_on_the_calling_thread(
     items = [Item(e, Delivery("t", 0, n, None, (), 0, None)) for n, e in enumerate(events)]
     consumer = runtime(mesh_settings, codec, publisher, {}, ["goals"])
     try:
-        done = sink.handle(items, consumer)
+        done = list(sink.handle(items, consumer))  # those handled here; the pool's run on
     finally:
         consumer.close()
         sink.close()
+    done += sink.collect()
     assert sorted(d.offset for d in done) == list(range(6))
     here = threading.current_thread().name
     assert {threads[f"quick-{n}"] for n in range(3)} == {here}
@@ -472,3 +476,31 @@ def test_a_consumer_fenced_by_a_newer_one_with_its_instance_name_raises(
     finally:
         second.close()
     assert len(seen) == 1
+
+
+def test_a_slow_call_holds_up_no_other_record_of_its_partition(
+    mesh_settings: MeshSettings, codec: Codec, publisher: Publisher
+) -> None:
+    gate = threading.Event()
+    seen: list[str] = []
+
+    def handle(event: ev.Event, delivery: Delivery) -> list[ev.Event]:
+        assert isinstance(event, ev.GoalCancelled)
+        if event.reason == "slow":
+            gate.wait(30)
+        seen.append(event.reason)
+        return []
+
+    for reason in ("slow", "fast", "faster"):  # one goal: one key, one partition, this order
+        publisher.publish(ev.GoalCancelled(envelope=envelope("goal-same"), reason=reason))
+    publisher.flush()
+    sink = HandlerSink({ev.GoalCancelled: handle}, concurrency=2)
+    consumer = runtime(mesh_settings, codec, publisher, {}, ["goals"], sink=sink)
+    try:
+        pump(consumer, lambda: {"fast", "faster"} <= set(seen))
+        overtaken = "slow" not in seen
+    finally:
+        gate.set()
+        consumer.close()
+    assert overtaken
+    assert sorted(seen) == ["fast", "faster", "slow"]
