@@ -184,21 +184,22 @@ class Worker:
         if done is not None:  # this attempt already ran: send the same outcome again
             trace.get_current_span().set_attribute("mesh.replayed", True)
             return [done]
-        outcome = self._run(event, batch)
-        if batch is not None and key in batch.leases:  # run within its batch: stored with it
+        leased = batch is not None and key in batch.leases  # an instant call of the batch
+        outcome = self._run(event, batch, leased=leased)
+        if batch is not None and leased:  # run within its batch: stored with it
             batch.outcomes.append((key, outcome))
         else:  # a pool thread's call may end after its batch was written back
             self._replay.remember("outcome", event.task_id, event.attempt, outcome)
         return [outcome]
 
     def _run(
-        self, event: ev.TaskAssigned, batch: _Batch | None
+        self, event: ev.TaskAssigned, batch: _Batch | None, *, leased: bool
     ) -> ev.TaskCompleted | ev.TaskFailed:
-        """Run the attempt under a lease (the batch's, or one taken and given back here)."""
+        """Run the attempt under a lease (the batch's when ``leased``, or one taken and given
+        back here)."""
         lease = _lease(event)
         started = datetime.now(UTC)
-        own = batch is None or (event.task_id, event.attempt) not in batch.leases
-        if own:
+        if not leased:
             self._leases.acquire(lease)
         try:
             result = self._call(event, batch)
@@ -206,7 +207,7 @@ class Worker:
         except ToolError as exc:
             return self._failed(event, started, exc)
         finally:
-            if own:
+            if not leased:
                 self._leases.release(lease)
         try:
             return self._completed(event, started, result)
