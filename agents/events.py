@@ -13,7 +13,6 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final
 
-import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,15 +37,12 @@ def _parse_json_object(value: Any) -> Any:
 
 
 def _parse_json_text(text: str | bytes) -> dict[str, Any]:
-    # A NUL can only be in JSON text escaped, and orjson refuses lone surrogates: only text with
-    # that escape in it, or that went to the more lenient reader, needs a walk.
-    try:
-        value = orjson.loads(text)
-        found = text.find(b"\\u0000") if isinstance(text, bytes) else text.find("\\u0000")
-        if found >= 0:
-            _check_storable(value)
-    except orjson.JSONDecodeError:
-        value = jsontext.loads(text)
+    if isinstance(text, str):
+        _storable(text)  # a raw NUL or lone surrogate anywhere in the text
+    value = jsontext.loads(text)
+    # Escaped, either can only be in text with a \u escape: text without one needs no walk.
+    escaped = text.find(b"\\u") if isinstance(text, bytes) else text.find("\\u")
+    if escaped >= 0:
         _check_storable(value)
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
