@@ -110,6 +110,14 @@ def _storable(value: str) -> str:
 Text = Annotated[str, AfterValidator(_storable)]
 """Free text: anything but NUL and lone surrogates."""
 
+
+def as_text(value: str, *, most: int = 4000) -> str:
+    """``value`` made fit for a ``Text`` field (NUL and lone surrogates replaced), cut to
+    ``most`` characters: for reasons quoting what a record held."""
+    clean = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
+    return clean if len(clean) <= most else clean[: most - 1] + "\u2026"
+
+
 ID_MAX_LENGTH: Final = 200
 """The longest id (of an event, goal, task, step, tool, pool, key, escalation or worker): each
 is a key of a ledger index."""

@@ -27,7 +27,7 @@ from agents import events as ev
 from agents.engines.base import Engine, EngineError, Judgement, JudgeRequest
 from agents.ledger.db import Connection, remember
 from agents.runtime.consumer import Delivery
-from agents.runtime.errors import TransientError
+from agents.runtime.errors import Category, PermanentError
 from agents.tools.base import Registry, Tool, UnknownToolError
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,12 @@ def _confident_enough(judgement: Judgement, threshold: float) -> Judgement:
             f"{threshold:.2f}: {judgement.reason}",
         }
     )
+
+
+class UnknownTaskError(PermanentError):
+    """An outcome of an attempt the ledger does not hold: nobody waits for its verdict."""
+
+    category = Category.UNKNOWN_TASK
 
 
 class Evaluator:
@@ -146,6 +152,16 @@ class Evaluator:
         )
         return [verdict]
 
+    def on_failure(
+        self, event: ev.TaskCompleted | ev.TaskFailed, category: str, reason: str
+    ) -> list[ev.Event]:
+        """The verdict on an outcome that could not be judged (its record was dead-lettered):
+        a failure, so the planner decides what next instead of waiting for ever."""
+        if category == Category.UNKNOWN_TASK:
+            return []
+        judgement = Judgement(decision="fail", confidence=0.0, reason=f"{category}: {reason}")
+        return [self._verdict(event, judgement)]
+
     def _context(self, event: ev.TaskCompleted | ev.TaskFailed) -> _Context:
         key = (event.task_id, event.attempt)
         arguments = event.arguments if event.arguments is not None else self._arguments.get(key)
@@ -154,8 +170,8 @@ class Evaluator:
             return _Context(arguments, goal)
         with self._db.connection() as conn:  # not read with the batch (a handler's retry)
             row = self._read_attempts(conn, [key]).fetchone()
-        if row is None:  # the planner commits before it dispatches, so this is a lagging replica
-            raise TransientError(f"no ledger record of {event.task_id} attempt {event.attempt}")
+        if row is None:  # the planner commits before it dispatches: forged, replayed or pruned
+            raise UnknownTaskError(f"the ledger holds no {event.task_id} attempt {event.attempt}")
         goal = _goal_of(row)
         self._remember(event.goal_id, goal)
         return _Context(arguments if arguments is not None else dict(row[6]), goal)

@@ -23,5 +23,7 @@ def run(settings: MeshSettings, *, concurrency: int = 4) -> int:
         ev.TaskCompleted: evaluator.on_outcome,
         ev.TaskFailed: evaluator.on_outcome,
     }
-    sink = HandlerSink(handlers, concurrency=concurrency, hooks=evaluator)
+    sink = HandlerSink(
+        handlers, concurrency=concurrency, hooks=evaluator, on_failure=evaluator.on_failure
+    )
     return app.serve(app.consumer(roles=("results",), sink=sink))

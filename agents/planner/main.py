@@ -6,6 +6,8 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import redis
+
 from agents import events as ev
 from agents.engines.select import engine_from_env
 from agents.ledger.outbox import LedgerSink, forget_seen, sweep
@@ -45,6 +47,7 @@ class Housekeeping:
         self._next_timers = 0.0
         self._looked_at = 0.0  # when timers were last looked for here
         self._next_inbox = 0.0
+        self._trust_leases_at = 0.0  # see ``_expired``
 
     def __call__(self) -> None:
         now = time.monotonic()
@@ -64,12 +67,24 @@ class Housekeeping:
         if now >= self._next_inbox:
             forgotten = forget_seen(self._app.db, older_than_s=INBOX_KEEP_S, limit=INBOX_CHUNK)
             self._next_inbox = next_inbox_look(now, forgotten)
-        expired = self._leases.take_expired()
+        expired = self._expired(now)
         for lease in expired:
             log.warning("lease of %s attempt %d expired", lease.task_id, lease.attempt)
             self._app.publisher.publish(_lease_expired(lease))
         if expired:
             self._app.publisher.flush()
+
+    def _expired(self, now: float) -> list[Lease]:
+        """Leases whose worker stopped heartbeating. After Redis was away, none for a lease's
+        length: the leases of calls still running lapsed meanwhile, and their heartbeats need
+        that long to put them back."""
+        if now < self._trust_leases_at:
+            return []
+        try:
+            return self._leases.take_expired()
+        except redis.RedisError:
+            self._trust_leases_at = now + self._leases.ttl_s
+            raise
 
 
 def next_inbox_look(now: float, forgotten: int) -> float:

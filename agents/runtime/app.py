@@ -87,7 +87,13 @@ class AgentApp:
             codec=codec,
             publisher=Publisher(settings=settings, codec=codec, client_id=client_id),
             db=db,
-            redis=redis.Redis.from_url(settings.redis_url.get_secret_value()),
+            # A Redis that stops answering (paused, or a network cut) fails a call after this
+            # long rather than hanging the thread that made it.
+            redis=redis.Redis.from_url(
+                settings.redis_url.get_secret_value(),
+                socket_timeout=settings.connect_timeout_s,
+                socket_connect_timeout=settings.connect_timeout_s,
+            ),
         )
 
     def group(self, suffix: str = "") -> str:

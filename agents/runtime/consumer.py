@@ -9,7 +9,11 @@ and everything it caused is durable (at-least-once; consumers de-duplicate). Bad
 the loop: undecodable bytes, unknown writer schemas, oversize records, and records a handler
 refuses go to the dead-letter topic with the original key, value and headers plus the reason and
 where they came from. A ``TransientError`` retries the same record in place with capped
-exponential backoff, which keeps the partition's order.
+exponential backoff, which keeps the partition's order, a bounded number of times; a service
+that does not answer (``errors.unavailable``) is waited for however long it takes. A handler that
+gives up on a record also reports it to the sink's ``on_failure``, so the goal it belongs to is
+decided on rather than left waiting. A broker that stops acknowledging is waited for too: offsets
+are stored only once it has every record a batch caused.
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ from typing import Any, Protocol, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from opentelemetry.trace import SpanKind
 
-from agents.events import DeadLetter, Envelope, Event, Header
+from agents.events import DeadLetter, Envelope, Event, Header, as_text
 from agents.runtime.crash import crashpoint
-from agents.runtime.errors import Category, PermanentError, PoisonRecord, TransientError
+from agents.runtime.errors import (
+    Category,
+    PermanentError,
+    PoisonRecord,
+    TransientError,
+    unavailable,
+)
 from agents.runtime.kafka import consumer_config, fetch
 from agents.runtime.logs import bind
-from agents.runtime.publisher import Publisher
+from agents.runtime.publisher import DeliveryPending, Publisher
 from agents.runtime.settings import MeshSettings
 from agents.runtime.telemetry import extract, tracer
 from schemas.codec import Codec
@@ -40,6 +50,7 @@ from topics.catalogue import spec_for
 log = logging.getLogger(__name__)
 
 BACKLOG_PER_THREAD = 4  # items a pooled sink holds in hand per thread before it waits for room
+FLUSH_WAIT_S = 5.0  # how long one wait for the broker's acknowledgements lasts before it is logged
 
 
 @dataclass(frozen=True)
@@ -53,25 +64,41 @@ class Delivery:
     headers: tuple[tuple[str, bytes | None], ...]
     timestamp_ms: int
     value: bytes | None
+    # A header name that is not UTF-8 (a Java or Go producer can write one): the client cannot
+    # read any of the record's headers, so it carries none and is dead-lettered.
+    unreadable_headers: bool = False
 
     @classmethod
     def of(cls, message: Message) -> Delivery:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
+        headers, unreadable = _headers(message)
         return cls(
             topic=topic,
             partition=partition,
             offset=offset,
             key=message.key(),
-            # ``Message.headers()`` of a consumed record is documented as a list of (str, bytes)
-            # pairs; the stubs allow what a record being produced may hold.
-            headers=tuple(cast(list[tuple[str, bytes | None]], message.headers() or [])),
+            headers=headers,
             timestamp_ms=message.timestamp()[1],
             value=message.value(),
+            unreadable_headers=unreadable,
         )
 
 
+def _headers(message: Message) -> tuple[tuple[tuple[str, bytes | None], ...], bool]:
+    """The record's headers, and whether they could not be read (then none)."""
+    try:
+        raw = message.headers()
+    except (UnicodeDecodeError, SystemError):  # the client decodes every name as UTF-8
+        return (), True
+    # Documented as a list of (str, bytes) pairs for a consumed record; the stubs allow what a
+    # record being produced may hold.
+    return tuple(cast(list[tuple[str, bytes | None]], raw or [])), False
+
+
 Handler = Callable[[Any, Delivery], Iterable[Event]]
+Failure = Callable[[Any, str, str], Iterable[Event]]
+"""(event, category, reason) of a record a sink gave up on -> the events that report it."""
 SpanName = Callable[["Item"], str | None]
 """The name of the span a sink handles a record in, or None to handle it without a span of its
 own (for events whose handling decides and sends nothing; a span costs as much as the rest of a
@@ -80,14 +107,24 @@ record's handling). Without one, every record has its ``process_span`` name."""
 
 @dataclass
 class Backoff:
-    """Capped exponential backoff for transient handler failures."""
+    """Capped exponential backoff for transient handler failures. A record's own transient
+    failures are retried ``max_attempts`` times within ``max_elapsed_s`` at most (about 15 s
+    with the defaults), then the record is given up on; an outage is waited out without a
+    bound."""
 
     initial_s: float = 0.05
     factor: float = 2.0
     max_s: float = 5.0
+    max_attempts: int = 8
+    max_elapsed_s: float = 60.0
 
     def delay(self, attempt: int) -> float:
         return float(min(self.max_s, self.initial_s * self.factor ** (attempt - 1)))
+
+    def exhausted(self, attempt: int, since: float) -> bool:
+        """Whether a record that failed ``attempt`` times since ``since`` (monotonic) has had
+        all its tries."""
+        return attempt >= self.max_attempts or time.monotonic() - since >= self.max_elapsed_s
 
 
 @dataclass(frozen=True)
@@ -254,7 +291,7 @@ class ConsumerRuntime:
             while not self._stop.is_set():
                 self.poll_batch(timeout=0.2)
                 if self._tick is not None:
-                    self._tick()
+                    self._tick_guarded()
         finally:
             self.close()
 
@@ -286,13 +323,43 @@ class ConsumerRuntime:
 
     def _settle(self, finished: list[Delivery]) -> None:
         """Make what ``finished`` caused durable, then store the offsets that became storable."""
-        self.publisher.flush()
+        if not self._flushed():
+            return  # stopping with records unacknowledged: their offsets stay unstored
         if finished:
             crashpoint("consumer.after_publish")
             self._offsets.finish(finished)
             ready = self._offsets.storable()
             if ready:
                 self._consumer.store_offsets(offsets=ready)
+
+    def _flushed(self) -> bool:
+        """Wait until the broker has every record sent, however long it is away; False when a
+        stop was asked for meanwhile."""
+        attempt = 1
+        while True:
+            try:
+                self.publisher.flush(timeout=FLUSH_WAIT_S)
+                return True
+            except DeliveryPending as exc:
+                delay = self.backoff.delay(attempt)
+                log.warning("waiting for the broker (attempt %d): %s", attempt, exc)
+                if self.wait_or_stop(delay):
+                    return False
+                attempt += 1
+
+    def _tick_guarded(self) -> None:
+        """Between batches: the agent's own chores, whose failure (a service away) is logged and
+        tried again at the next tick, never the end of the loop."""
+        assert self._tick is not None
+        try:
+            self._tick()
+        except Exception as exc:
+            service = unavailable(exc)
+            if service is None:
+                log.exception("housekeeping failed")
+            else:
+                log.warning("housekeeping waits for %s: %s", service, exc)
+                self.wait_or_stop(self.backoff.max_s / 5)
 
     def _record_error(self, message: Message) -> bool:
         error = message.error()
@@ -320,6 +387,11 @@ class ConsumerRuntime:
                 )
             if self._codec.model_of(value) not in self._sink.accepts:
                 return None  # another role's event: its body is not this consumer's to check
+            if delivery.unreadable_headers:
+                raise PoisonRecord(
+                    Category.INVALID_EVENT,
+                    "a header name is not UTF-8; the record's headers cannot be read",
+                )
             return Item(self._codec.decode(value), delivery)
         except PoisonRecord as exc:
             self.dead_letter(delivery, exc.category, str(exc))
@@ -338,7 +410,7 @@ class ConsumerRuntime:
         letter = DeadLetter(
             envelope=Envelope(goal_id="", producer_agent=self._client_id),
             category=str(category),
-            message=reason,
+            message=as_text(reason),
             source_topic=delivery.topic,
             source_partition=delivery.partition,
             source_offset=delivery.offset,
@@ -377,7 +449,9 @@ class HandlerSink:
     handing a record that never waits to a pool thread and back cost more than handling it.
 
     ``hooks`` run before and after each batch. A failing ``before_batch`` is only logged: the
-    handlers then fetch what they need one by one."""
+    handlers then fetch what they need one by one. ``on_failure(event, category, reason)`` gives
+    the events that report a record the sink gave up on (dead-lettered), so whoever waits for
+    its outcome hears of it."""
 
     def __init__(
         self,
@@ -387,7 +461,9 @@ class HandlerSink:
         hooks: BatchHooks | None = None,
         inline: Callable[[Event], bool] = lambda event: False,
         span_name: SpanName | None = None,
+        on_failure: Failure | None = None,
     ) -> None:
+        self._on_failure = on_failure
         self._handlers = dict(handlers)
         self._span_name = span_name
         self.accepts = frozenset(self._handlers)
@@ -443,30 +519,54 @@ class HandlerSink:
 
     def _dispatch(self, item: Item, runtime: RuntimeHandle) -> Delivery | None:
         handler = self._handlers[type(item.event)]
-        attempt = 1
+        attempt, since = 1, time.monotonic()
         while True:
             try:
                 with record_span(item, self._span_name):
                     for out in handler(item.event, item.delivery):
                         runtime.publisher.publish(out)
                 return item.delivery
-            except TransientError as exc:
+            except Exception as exc:  # noqa: BLE001 (retried, or given up on and logged there)
+                if not self._retries(exc, attempt, since, runtime.backoff):
+                    self._give_up(item, runtime, exc, attempt)
+                    return item.delivery
                 delay = runtime.backoff.delay(attempt)
-                log.warning(
-                    "transient failure (attempt %d), retry in %.2fs: %s", attempt, delay, exc
-                )
+                log.warning("%s (attempt %d), retry in %.2fs: %s", _why(exc), attempt, delay, exc)
                 if runtime.wait_or_stop(delay):
                     return None  # not finished: its offset is not stored, the next owner retries
                 attempt += 1
-            except PermanentError as exc:
-                runtime.dead_letter(item.delivery, exc.category, str(exc))
-                return item.delivery
-            except Exception as exc:  # a handler bug must not stop the mesh; keep the record
-                log.exception("handler failed on %s", item.event.schema_name)
-                runtime.dead_letter(
-                    item.delivery, Category.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
-                )
-                return item.delivery
+
+    @staticmethod
+    def _retries(exc: Exception, attempt: int, since: float, backoff: Backoff) -> bool:
+        """Whether to handle the record again: always while a service is away, a few times for
+        a transient failure of its own, never for a refusal or a bug."""
+        if unavailable(exc) is not None:
+            return True
+        return isinstance(exc, TransientError) and not backoff.exhausted(attempt, since)
+
+    def _give_up(self, item: Item, runtime: RuntimeHandle, exc: Exception, attempt: int) -> None:
+        """Dead-letter the record, and report it through ``on_failure``."""
+        if isinstance(exc, PermanentError):
+            category, reason = str(exc.category), str(exc)
+        elif isinstance(exc, TransientError):
+            category, reason = Category.RETRIES_EXHAUSTED, f"gave up after {attempt} tries: {exc}"
+        else:  # a handler bug must not stop the mesh; keep the record
+            log.exception("handler failed on %s", item.event.schema_name)
+            category, reason = Category.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
+        reason = as_text(reason)
+        runtime.dead_letter(item.delivery, category, reason)
+        if self._on_failure is None:
+            return
+        try:
+            for out in self._on_failure(item.event, category, reason):
+                runtime.publisher.publish(out)
+        except Exception:
+            log.exception("could not report the failure of %s", item.event.schema_name)
+
+
+def _why(exc: Exception) -> str:
+    service = unavailable(exc)
+    return "transient failure" if service is None else f"waiting for {service}"
 
 
 def record_span(item: Item, span_name: SpanName | None) -> AbstractContextManager[object]:

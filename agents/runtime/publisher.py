@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from opentelemetry import trace
 
 from agents.events import DeadLetter, Event, TaskAssigned
-from agents.runtime.errors import MeshError, PermanentError
+from agents.runtime.errors import Category, MeshError, PermanentError, ServiceUnavailable
 from agents.runtime.kafka import producer_config
 from agents.runtime.settings import MeshSettings
 from agents.runtime.telemetry import Headers, HeaderValue, inject
@@ -31,8 +31,18 @@ class DeliveryError(MeshError):
     """The broker did not accept one or more records."""
 
 
+class DeliveryPending(DeliveryError, ServiceUnavailable):
+    """Nothing was refused, but the broker has not acknowledged every record yet (it is away):
+    the producer keeps them and goes on trying, so waiting longer is enough."""
+
+    def __init__(self, message: str) -> None:
+        ServiceUnavailable.__init__(self, "kafka", message)
+
+
 class EventTooLarge(PermanentError):
     """An encoded event exceeds ``MESH_MAX_EVENT_BYTES``."""
+
+    category = Category.OVERSIZE
 
 
 @dataclass(frozen=True)
@@ -139,11 +149,12 @@ class Publisher:
         self._unconfirmed = False  # a send from here on sets it again, for the next flush
         remaining = self._producer.flush(timeout)
         failures, self._failures = self._failures, []
-        if remaining:
-            failures.append(f"{remaining} record(s) still unacknowledged after {timeout:g}s")
-        if failures:
+        if remaining or failures:
             self._unconfirmed = True  # what is still outstanding is waited for again next time
+        if failures:
             raise DeliveryError("; ".join(failures))
+        if remaining:
+            raise DeliveryPending(f"{remaining} record(s) still unacknowledged after {timeout:g}s")
 
     def outstanding(self) -> int:
         """Records handed to the producer that the broker has not acknowledged yet."""

@@ -21,6 +21,7 @@ from agents.runtime.errors import PoisonRecord
 from schemas.codec import Codec
 
 log = logging.getLogger(__name__)
+RATE_LIMIT_RETRY_S = 1.0  # how often a rate-limited call asks again while Redis is away
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Leases:
         self._redis = client
         self._key = f"{prefix}leases"
         self._ttl = ttl_s
+        self.ttl_s = ttl_s
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -61,13 +63,27 @@ class Leases:
         members = [lease.member() for lease in leases]
         with self._lock:
             self._held.update(members)
-        (pipe or self._redis).zadd(self._key, dict.fromkeys(members, time.time() + self._ttl))
+        scores = dict.fromkeys(members, time.time() + self._ttl)
+        if pipe is not None:
+            pipe.zadd(self._key, scores)
+            return
+        try:
+            self._redis.zadd(self._key, scores)
+        except redis.RedisError as exc:  # held all the same: the heartbeat stores it when it can
+            log.warning("lease not stored yet: %s", exc)
 
     def release(self, *leases: Lease, pipe: Pipeline | None = None) -> None:
         if not leases:
             return
         self.forget(*leases)
-        (pipe or self._redis).zrem(self._key, *[lease.member() for lease in leases])
+        members = [lease.member() for lease in leases]
+        if pipe is not None:
+            pipe.zrem(self._key, *members)
+            return
+        try:
+            self._redis.zrem(self._key, *members)
+        except redis.RedisError as exc:  # it lapses; the planner ignores a finished attempt's
+            log.warning("lease not released: %s", exc)
 
     def forget(self, *leases: Lease) -> None:
         """Stop renewing ``leases`` (an acquire whose pipeline failed): they lapse."""
@@ -113,15 +129,22 @@ class RateLimiter:
         self._prefix = prefix
 
     def wait_turn(self, tool: str, limit: float) -> None:
-        """Return when this call fits in the tool's budget for the current second."""
+        """Return when this call fits in the tool's budget for the current second. Without
+        Redis there is no shared budget to count against: the call waits for it to return
+        rather than risk going over."""
         while True:
             second = int(time.time())
             key = f"{self._prefix}rate:{tool}:{second}"
             pipe = self._redis.pipeline()
             pipe.incr(key)
             pipe.expire(key, 2)
-            if int(pipe.execute()[0]) <= limit:
-                return
+            try:
+                if int(pipe.execute()[0]) <= limit:
+                    return
+            except redis.RedisError as exc:
+                log.warning("rate limit of %s waits for Redis: %s", tool, exc)
+                time.sleep(RATE_LIMIT_RETRY_S)
+                continue
             time.sleep(max(second + 1 - time.time(), 0.001))  # the next window
 
 

@@ -33,6 +33,7 @@ from agents import events as ev
 from agents.ledger.db import remember
 from agents.runtime.consumer import Delivery, Item
 from agents.runtime.crash import crashpoint
+from agents.runtime.errors import unavailable
 from agents.runtime.shortlived import CancelFlags, Lease, Leases, RateLimiter, ReplayCache
 from agents.tools.base import (
     CancelledError,
@@ -215,6 +216,15 @@ class Worker:
             reason = f"{event.tool} returned what no event can carry: {ev.refusal(exc)}"
             return self._failed(event, started, UnreportableResultError(reason))
 
+    def on_failure(self, event: ev.TaskAssigned, category: str, reason: str) -> list[ev.Event]:
+        """The outcome of an assignment the worker gave up on (dead-lettered): a failure, so the
+        planner decides what next instead of waiting for ever."""
+        if not self.serves(event.pool):
+            return []
+        error = ToolError(reason)
+        error.category = category
+        return [self._failed(event, datetime.now(UTC), error)]
+
     def _cancelled(self, goal_id: str, batch: _Batch | None = None) -> bool:
         if batch is not None:
             return goal_id in batch.cancelled
@@ -236,6 +246,8 @@ class Worker:
         except ToolError:
             raise
         except Exception as exc:  # a tool bug is the tool's failure, not the worker's
+            if unavailable(exc) is not None:
+                raise  # Postgres, Redis or Kafka away: the call is made again once it is back
             log.exception("tool %s raised", tool.name)
             raise ToolError(f"{tool.name} raised {type(exc).__name__}: {exc}") from exc
         return _checked(tool, result)

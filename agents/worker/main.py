@@ -39,6 +39,7 @@ def run(
         hooks=worker,
         inline=worker.runs_inline,
         span_name=worker.span_name,
+        on_failure=worker.on_failure,
     )
     # Workers of the same pools share one group; each pool set reads the tasks topic on its own.
     suffix = "-" + "-".join(sorted(pools)) if pools else "-all"

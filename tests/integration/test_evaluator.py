@@ -1,5 +1,5 @@
 """The evaluator on the real ledger: an outcome is judged by the arguments it carries, a goal is
-read once for all its outcomes, and an outcome without arguments waits for the ledger's."""
+read once for all its outcomes, and an outcome of an attempt the ledger does not hold is refused."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from psycopg_pool import ConnectionPool
 
 from agents import events as ev
 from agents.engines.offline import OfflineEngine
-from agents.evaluator.agent import Evaluator
+from agents.evaluator.agent import Evaluator, UnknownTaskError
 from agents.ledger.db import open_pool
 from agents.planner import repository
 from agents.runtime.consumer import Delivery
-from agents.runtime.errors import TransientError
 from agents.runtime.settings import MeshSettings
 from agents.tools.catalogue import default_registry
 from tests.mesh_support import stored
@@ -96,18 +95,35 @@ def test_a_goal_is_read_once_and_kept_for_its_later_outcomes(ledger: ConnectionP
         conn.execute("delete from goals where goal_id = %s", (goal_id,))
     later = email_sent(goal_id, to="ada@acme.test", arguments=welcome("ada@acme.test"))
     assert judge(judging, later) == ["escalate"]
-    with pytest.raises(TransientError):  # an evaluator that never saw the goal must read it
+    with pytest.raises(UnknownTaskError):  # an evaluator that never saw the goal must read it
         judge(evaluator(ledger), later)
 
 
-def test_an_outcome_without_arguments_waits_for_the_ledgers(ledger: ConnectionPool) -> None:
+def test_an_outcome_of_an_attempt_the_ledger_does_not_hold_is_refused_at_once(
+    ledger: ConnectionPool,
+) -> None:
     """An older worker's outcome (or the lease watchdog's) carries no arguments: they come from
-    the ledger's attempt, and while the ledger has none the judgement is retried, not made
-    against empty arguments."""
+    the ledger's attempt. The planner records an attempt before it dispatches it, so one the
+    ledger does not hold (a forged or replayed record, a pruned goal) is refused for good and
+    dead-lettered, never retried in place for ever; so is an outcome of a goal it does not
+    hold."""
     goal_id = submit(ledger)
     judging = evaluator(ledger)
-    assert judge(judging, email_sent(goal_id, to="ada@acme.test", arguments=welcome("x"))) == [
-        "retry"
-    ]
-    with pytest.raises(TransientError, match="no ledger record"):
+    with pytest.raises(UnknownTaskError, match="the ledger holds no task-"):
         judge(judging, email_sent(goal_id, to="ada@acme.test", arguments=None))
+    with pytest.raises(UnknownTaskError):
+        judge(judging, email_sent(unique("goal-"), to="ada@acme.test", arguments=welcome("x")))
+
+
+def test_an_outcome_that_could_not_be_judged_is_reported_as_failed(
+    ledger: ConnectionPool,
+) -> None:
+    """What the consumer gave up on reaches the planner as a failed verdict, so the goal is
+    decided on; an unknown attempt's has no goal waiting, so nothing is sent."""
+    judging = evaluator(ledger)
+    outcome = email_sent(submit(ledger), to="ada@acme.test", arguments=welcome("x"))
+    (verdict,) = judging.on_failure(outcome, "handler_error", "ValueError: confidence")
+    assert isinstance(verdict, ev.TaskEvaluated)
+    assert (verdict.task_id, verdict.attempt, verdict.decision) == (outcome.task_id, 1, "fail")
+    assert verdict.reason == "handler_error: ValueError: confidence"
+    assert judging.on_failure(outcome, "unknown_task", "the ledger holds no ...") == []
