@@ -497,7 +497,7 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def _kafka_call(port: int, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
+def kafka_call(port: int, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
     """One request/response over the Kafka wire protocol; returns the response body."""
     client_id = b"mesh-stack"
     correlation_id = 0x6D657368  # any value: the broker echoes it, which proves it is Kafka
@@ -516,7 +516,7 @@ def _kafka_call(port: int, api_key: int, version: int, body: bytes, timeout: flo
 
 def _kafka_api_versions(port: int, timeout: float) -> dict[int, tuple[int, int]]:
     """ApiVersions v0: error_code, then [api_key, min_version, max_version] per API."""
-    body = _kafka_call(port, _API_VERSIONS, 0, b"", timeout)
+    body = kafka_call(port, _API_VERSIONS, 0, b"", timeout)
     error_code, count = struct.unpack_from(">hi", body)
     if error_code != 0:
         raise ValueError(f"ApiVersions answered error code {error_code}")
@@ -535,7 +535,7 @@ def _read_string(buf: bytes, offset: int) -> tuple[str | None, int]:
 
 def _kafka_broker_ports(port: int, timeout: float) -> list[int]:
     """Metadata v4 asking about no topics; returns the port of each broker it lists."""
-    body = _kafka_call(port, _METADATA, _METADATA_VERSION, struct.pack(">ib", 0, 0), timeout)
+    body = kafka_call(port, _METADATA, _METADATA_VERSION, struct.pack(">ib", 0, 0), timeout)
     (count,) = struct.unpack_from(">i", body, 4)  # after throttle_time_ms
     offset, ports = 8, []
     for _ in range(count):

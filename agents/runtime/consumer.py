@@ -19,6 +19,7 @@ are stored only once it has every record a batch caused.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,10 +86,17 @@ class Delivery:
         )
 
 
+# The client returns the list with its decoding error still set when a name is not UTF-8. A call
+# through ``methodcaller`` checks the result and raises there; a plain ``message.headers()`` is
+# not always checked (an interpreter's specialised call), and the error then surfaces at some
+# later, unrelated call.
+_READ_HEADERS = operator.methodcaller("headers")
+
+
 def _headers(message: Message) -> tuple[tuple[tuple[str, bytes | None], ...], bool]:
     """The record's headers, and whether they could not be read (then none)."""
     try:
-        raw = message.headers()
+        raw = _READ_HEADERS(message)
     except (UnicodeDecodeError, SystemError):  # the client decodes every name as UTF-8
         return (), True
     # Documented as a list of (str, bytes) pairs for a consumed record; the stubs allow what a

@@ -22,7 +22,7 @@ from agents.runtime.errors import TransientError
 from agents.runtime.publisher import Publisher
 from agents.runtime.settings import MeshSettings
 from schemas.codec import Codec
-from tests.kafka_support import produce_raw, read_all
+from tests.kafka_support import produce_raw, produce_raw_headers, read_all
 from tests.support import assert_eventually, envelope, samples, unique
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_whole(
     headers, so the record goes to dead letters with its key and value, and the batch goes on."""
     bad = CODEC.encode(ev.GoalCancelled(envelope=envelope("goal-header")))
     good = CODEC.encode(ev.GoalCancelled(envelope=envelope("goal-next")))
-    produce_raw(mesh_settings, "goals", [(b"k-bad", bad, [(b"\xff\xfe-name", b"v")])])  # type: ignore[list-item]
+    produce_raw_headers(mesh_settings, "goals", b"k-bad", bad, [(b"\xff\xfe-name", b"v")])
     produce_raw(mesh_settings, "goals", [(b"k-good", good, [("origin", b"test")])])
     handled: list[str] = []
 

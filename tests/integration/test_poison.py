@@ -16,7 +16,7 @@ from agents.demo import onboarding_input
 from agents.runtime.settings import MeshSettings
 from schemas.codec import Codec
 from tests.integration.test_mesh import ONCE, effects
-from tests.kafka_support import produce_raw, read_all
+from tests.kafka_support import produce_raw, produce_raw_headers, read_all
 from tests.mesh_support import running_mesh, steps_input
 from tests.support import assert_eventually, envelope, unique
 
@@ -108,6 +108,13 @@ def crafted() -> dict[str, tuple[str, bytes, bytes, list[tuple[Any, bytes]], str
             [],
             "invalid_event",
         ),
+        "a header name that is not UTF-8": (
+            "goals",
+            b"p-header",
+            goal("p-header"),
+            [(b"\xff\xfe", b"v")],
+            "invalid_event",
+        ),
         "an outcome of a task the ledger does not hold": (
             "results",
             b"p-unknown",
@@ -128,7 +135,10 @@ def test_hostile_records_end_and_the_mesh_goes_on(
         MeshClient(mesh_settings) as client,
     ):
         for role, key, value, headers, _ in records.values():
-            produce_raw(mesh_settings, role, [(key, value, headers)])
+            if any(isinstance(name, bytes) for name, _ in headers):
+                produce_raw_headers(mesh_settings, role, key, value, headers)
+            else:
+                produce_raw(mesh_settings, role, [(key, value, headers)])
         # Goals that pass validation and break a later agent: a result larger than any event
         # may be, and a judgement switch that is not a number.
         big = client.submit(
