@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,6 +64,7 @@ class PlanRequest:
     max_steps: int
     validate: Callable[[PlanDraft], None]  # raises PlanInvalid with the reason
     context: str = ""  # earlier failures, for a re-plan
+    deadline: datetime | None = None  # the goal's: an engine waiting for its server stops there
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class JudgeRequest:
     result: Mapping[str, Any]  # the result, or the failure's category/message/details
     problems: Sequence[str]  # what the runtime's own checks found
     goal_input: Mapping[str, Any] = field(default_factory=dict)
+    deadline: datetime | None = None  # the goal's, as for a plan
 
 
 @dataclass(frozen=True)

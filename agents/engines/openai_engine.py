@@ -8,9 +8,13 @@ model with what was wrong, up to ``max_repairs`` times; then the engine gives up
 ``EngineError`` whose category names the last problem. Tokens are summed over every call,
 rejected ones included, and priced from a table.
 
+A server that cannot be reached, or answers 429 or 5xx, is asked again with backoff (0.5 s
+doubling to 8 s, or the wait its ``Retry-After`` names) for up to ``retry_for_s`` and never past
+the goal's deadline; then the engine gives up with ``engine_unavailable``.
+
 Configuration (``OpenAIEngine.from_env``): ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
-``MESH_LLM_MODEL``, ``MESH_LLM_MAX_REPAIRS``. Prompt and completion bodies are logged only when
-``MESH_LOG_PROMPTS=1``.
+``MESH_LLM_MODEL``, ``MESH_LLM_MAX_REPAIRS``, ``MESH_LLM_RETRY_S``. Prompt and completion
+bodies are logged only when ``MESH_LOG_PROMPTS=1``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -53,6 +60,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_MAX_REPAIRS = 2
+DEFAULT_RETRY_S = 60.0  # how long a server that is away is waited for, at most
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.5, 8.0
 _MAX_ERRORS_SHOWN = 5  # schema errors quoted back to the model; more only add noise
 _SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
@@ -157,14 +166,19 @@ class OpenAIEngine:
         base_url: str | None,
         max_repairs: int = DEFAULT_MAX_REPAIRS,
         timeout_s: float = 30,
-        max_retries: int = 2,
+        max_retries: int = 0,
+        retry_for_s: float = DEFAULT_RETRY_S,
         prices: Mapping[str, Price] | None = None,
         log_prompts: bool | None = None,
     ) -> None:
-        """``base_url=None`` means ``OPENAI_BASE_URL``, else OpenAI's own API; ``max_retries``
-        is the SDK's retries of one call on connection errors, 429 and 5xx; ``log_prompts=None``
-        reads ``MESH_LOG_PROMPTS``."""
+        """``base_url=None`` means ``OPENAI_BASE_URL``, else OpenAI's own API; ``retry_for_s``
+        is how long a server that is away is asked again (see the module); ``max_retries`` the
+        SDK's own quick retries of each of those calls; ``log_prompts=None`` reads
+        ``MESH_LOG_PROMPTS``."""
         _check_config(api_key=api_key, max_repairs=max_repairs, timeout_s=timeout_s)
+        if retry_for_s < 0:
+            raise ConfigError(f"MESH_LLM_RETRY_S must be 0 or more, not {retry_for_s}")
+        self.retry_for_s = retry_for_s
         self.model = model
         self.name = f"openai:{model}"
         self.max_repairs = max_repairs
@@ -191,6 +205,7 @@ class OpenAIEngine:
             api_key=api_key,
             base_url=env.get("OPENAI_BASE_URL", "").strip() or None,
             max_repairs=_int_setting(env, "MESH_LLM_MAX_REPAIRS", DEFAULT_MAX_REPAIRS),
+            retry_for_s=_float_setting(env, "MESH_LLM_RETRY_S", DEFAULT_RETRY_S),
             log_prompts=env.get("MESH_LOG_PROMPTS") == "1",
         )
 
@@ -212,7 +227,7 @@ class OpenAIEngine:
                 raise _Rejected(exc.category, str(exc)) from exc
             return draft
 
-        draft, usage = self._converse(messages, SUBMIT_PLAN, accept)
+        draft, usage = self._converse(messages, SUBMIT_PLAN, accept, request.deadline)
         return Planned(draft=draft, usage=usage, engine=self.name)
 
     def judge(self, request: JudgeRequest) -> Judged:
@@ -221,7 +236,10 @@ class OpenAIEngine:
             {"role": "user", "content": _outcome_message(request)},
         ]
         judgement, usage = self._converse(
-            messages, SUBMIT_VERDICT, lambda message: _read_call(message, SUBMIT_VERDICT)
+            messages,
+            SUBMIT_VERDICT,
+            lambda message: _read_call(message, SUBMIT_VERDICT),
+            request.deadline,
         )
         return Judged(judgement=judgement, usage=usage)
 
@@ -230,12 +248,14 @@ class OpenAIEngine:
         messages: list[ChatCompletionMessageParam],
         function: _Function[Any],
         accept: Callable[[ChatCompletionMessage], T],
+        deadline: datetime | None = None,
     ) -> tuple[T, Usage]:
         """Ask until ``accept`` takes a reply, telling the model what was wrong each time."""
         tally = _Tally(self._price)
         problem: _Rejected | None = None
+        patience = _Patience(self.retry_for_s, deadline)
         for attempt in range(1, self.max_repairs + 2):
-            message = self._complete(messages, function, tally)
+            message = self._complete_patiently(messages, function, tally, patience)
             try:
                 return accept(message), tally.usage()
             except _Rejected as exc:
@@ -255,6 +275,32 @@ class OpenAIEngine:
             usage=tally.usage(),
         )
 
+    def _complete_patiently(
+        self,
+        messages: list[ChatCompletionMessageParam],
+        function: _Function[Any],
+        tally: _Tally,
+        patience: _Patience,
+    ) -> ChatCompletionMessage:
+        """``_complete``, asked again while the server is away and patience lasts."""
+        tries = 1
+        while True:
+            try:
+                return self._complete(messages, function, tally)
+            except _Unavailable as exc:
+                wait = patience.wait(tries, exc.retry_after_s)
+                if wait is None:
+                    raise EngineError(
+                        "engine_unavailable",
+                        f"{exc.error} (gave up after {tries} tries over {patience.spent():.0f}s)",
+                        usage=tally.usage(),
+                    ) from exc
+                log.warning(
+                    "model server away (try %d), asking again in %.1fs: %s", tries, wait, exc.error
+                )
+                time.sleep(wait)
+                tries += 1
+
     def _complete(
         self,
         messages: list[ChatCompletionMessageParam],
@@ -272,9 +318,12 @@ class OpenAIEngine:
                 tool_choice=function.choice(),
             )
         except openai.APIError as exc:
-            raise _transport_error(
+            error = _transport_error(
                 exc, where=str(self._client.base_url), model=self.model, usage=tally.usage()
-            ) from exc
+            )
+            if error.category == "engine_unavailable":
+                raise _Unavailable(error, _retry_after_s(exc)) from exc
+            raise error from exc
         tally.add(completion.usage)
         if not completion.choices:
             return ChatCompletionMessage(role="assistant", content=None)
@@ -282,6 +331,55 @@ class OpenAIEngine:
         if self._log_prompts:
             log.info("completion from %s: %s", self.model, message.model_dump_json())
         return message
+
+
+class _Unavailable(Exception):
+    """The server could not be reached or answered 429 or 5xx: worth asking again."""
+
+    def __init__(self, error: EngineError, retry_after_s: float | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class _Patience:
+    """How long a conversation waits for a server that is away: ``retry_for_s`` from its first
+    wait, and never past the goal's deadline."""
+
+    def __init__(self, retry_for_s: float, deadline: datetime | None) -> None:
+        self._started = time.monotonic()
+        self._until = self._started + retry_for_s
+        if deadline is not None:
+            left = (deadline - datetime.now(UTC)).total_seconds()
+            self._until = min(self._until, self._started + left)
+
+    def spent(self) -> float:
+        return time.monotonic() - self._started
+
+    def wait(self, tries: int, retry_after_s: float | None) -> float | None:
+        """How long to wait before try ``tries + 1``, or None when patience would run out."""
+        backoff = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (tries - 1))
+        wait = retry_after_s if retry_after_s is not None else backoff
+        return wait if time.monotonic() + wait <= self._until else None
+
+
+def _retry_after_s(exc: openai.APIError) -> float | None:
+    """The wait a 429 or 503 answer asks for (``retry-after-ms``, or ``Retry-After`` in seconds
+    or as a date), if any."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        raw = headers.get("retry-after")
+        if raw is None:
+            return None
+        if raw.strip().isdigit():
+            return float(raw)
+        return max(0.0, (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds())
+    except (ValueError, TypeError):
+        return None  # unreadable: the backoff decides
 
 
 def _check_config(*, api_key: str, max_repairs: int, timeout_s: float) -> None:
@@ -312,6 +410,16 @@ def _int_setting(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def _float_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
 
 
 def _transport_error(exc: openai.APIError, *, where: str, model: str, usage: Usage) -> EngineError:

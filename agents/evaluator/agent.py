@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -41,6 +42,7 @@ class _Goal:
     text: str
     input: dict[str, Any]
     threshold: float
+    deadline: datetime | None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class _Context:
 
 
 _GOALS_KEPT = 1024  # goals remembered for their later outcomes (a chain's next steps)
-_GOAL_COLUMNS = "g.goal_id, g.text, g.input, g.confidence_threshold"
+_GOAL_COLUMNS = "g.goal_id, g.text, g.input, g.confidence_threshold, g.deadline_at"
 _ATTEMPTS_QUERY = (
     f"select {_GOAL_COLUMNS}, a.task_id, a.attempt, a.arguments "  # noqa: S608
     "from unnest(%b::text[], %b::int[]) as k(task_id, attempt) "
@@ -63,7 +65,7 @@ _GOALS_QUERY = f"select {_GOAL_COLUMNS} from goals g where g.goal_id = any(%b)" 
 
 
 def _goal_of(row: Sequence[Any]) -> _Goal:
-    return _Goal(str(row[1]), dict(row[2]), float(row[3]))
+    return _Goal(str(row[1]), dict(row[2]), float(row[3]), row[4])
 
 
 def _confident_enough(judgement: Judgement, threshold: float) -> Judgement:
@@ -108,7 +110,7 @@ class Evaluator:
             attempts = self._read_attempts(conn, keys) if keys else None
             found = conn.execute(_GOALS_QUERY, (goals,)) if goals else None
             for row in attempts.fetchall() if attempts is not None else ():
-                self._arguments[(str(row[4]), int(row[5]))] = dict(row[6])
+                self._arguments[(str(row[5]), int(row[6]))] = dict(row[7])
                 self._remember(str(row[0]), _goal_of(row))
             for row in found.fetchall() if found is not None else ():
                 self._remember(str(row[0]), _goal_of(row))
@@ -174,7 +176,7 @@ class Evaluator:
             raise UnknownTaskError(f"the ledger holds no {event.task_id} attempt {event.attempt}")
         goal = _goal_of(row)
         self._remember(event.goal_id, goal)
-        return _Context(arguments if arguments is not None else dict(row[6]), goal)
+        return _Context(arguments if arguments is not None else dict(row[7]), goal)
 
     def _request(
         self,
@@ -203,6 +205,7 @@ class Evaluator:
             result=result,
             problems=problems,
             goal_input=context.goal.input,
+            deadline=context.goal.deadline,
         )
 
     def _policy(

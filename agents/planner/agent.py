@@ -294,6 +294,7 @@ class Planner:
             max_steps=max_steps,
             validate=validate,
             context=command.context,
+            deadline=state.goal.deadline_at,
         )
         try:
             with tracer.start_as_current_span("plan") as span:

@@ -11,6 +11,7 @@ the script runs out the server answers 500. Every request body is recorded for a
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -48,9 +49,15 @@ class HttpError:
 
     status: int
     message: str = "scripted error"
+    retry_after: str | None = None  # the Retry-After header, when given
 
 
-Reply = Call | Text | HttpError
+@dataclass(frozen=True)
+class Drop:
+    """The server closes the connection without answering, as a server going down does."""
+
+
+Reply = Call | Text | HttpError | Drop
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -62,6 +69,7 @@ class ChatServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._served = 0
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # when each request came (monotonic seconds)
 
     @property
     def base_url(self) -> str:
@@ -72,6 +80,7 @@ class ChatServer(ThreadingHTTPServer):
         """Record ``body`` and hand out the next scripted reply with its sequence number."""
         with self._lock:
             self.requests.append(body)
+            self.arrivals.append(time.monotonic())
             self._served += 1
             return (self._script.popleft() if self._script else None), self._served
 
@@ -88,14 +97,22 @@ class _Handler(BaseHTTPRequestHandler):
         reply, seq = self.server.take(body)
         if reply is None:
             self._send(500, _error("the script has run out", "server_error"))
+        elif isinstance(reply, Drop):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
         elif isinstance(reply, HttpError):
-            self._send(reply.status, _error(reply.message, "scripted"))
+            extra = {"Retry-After": reply.retry_after} if reply.retry_after else {}
+            self._send(reply.status, _error(reply.message, "scripted"), extra)
         else:
             self._send(200, _completion(reply, model=str(body.get("model", "")), seq=seq))
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _send(
+        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

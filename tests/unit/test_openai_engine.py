@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +18,15 @@ from agents.engines.openai_engine import DEFAULT_PRICES, OpenAIEngine, Price
 from agents.planner.plan import validate_plan
 from agents.runtime.errors import ConfigError
 from agents.tools.base import Registry, ToolContext, tool
-from tests.fakes.chat_server import Call, ChatServer, HttpError, Text, scripted_chat_server
+from tests.fakes.chat_server import (
+    Call,
+    ChatServer,
+    Drop,
+    HttpError,
+    Reply,
+    Text,
+    scripted_chat_server,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -98,6 +108,7 @@ def make_engine() -> Iterator[EngineFactory]:
             "api_key": "test-key",
             "base_url": server.base_url,
             "max_retries": 0,
+            "retry_for_s": 0,  # a server error is final unless a test asks for patience
             "timeout_s": 10,
         }
         engine = OpenAIEngine(**(options | overrides))
@@ -286,6 +297,53 @@ def test_an_unreachable_server_makes_the_engine_unavailable(make_engine: EngineF
         engine.plan(plan_request())
 
     assert raised.value.category == "engine_unavailable"
+
+
+def test_a_server_that_drops_connections_is_asked_again_until_it_answers(
+    make_engine: EngineFactory,
+) -> None:
+    with scripted_chat_server([Drop(), Drop(), Call("submit_plan", GOOD_PLAN)]) as server:
+        planned = make_engine(server, retry_for_s=30).plan(plan_request())
+    assert [s.id for s in planned.draft.steps] == ["find", "bill", "tell"]
+    assert len(server.requests) == 3
+
+
+def test_a_rate_limited_answer_is_asked_again_after_the_wait_it_names(
+    make_engine: EngineFactory,
+) -> None:
+    script: list[Reply] = [HttpError(429, retry_after="1"), Call("submit_verdict", VERDICT)]
+    with scripted_chat_server(script) as server:
+        judged = make_engine(server, retry_for_s=30).judge(judge_request())
+    assert judged.judgement.decision == "accept"
+    assert server.arrivals[1] - server.arrivals[0] >= 1.0  # the server's Retry-After, not 0.5 s
+
+
+def test_a_server_away_longer_than_the_engine_waits_fails_with_its_category(
+    make_engine: EngineFactory,
+) -> None:
+    with scripted_chat_server([]) as server:  # 500 to every request
+        engine = make_engine(server, retry_for_s=1.0)
+        with pytest.raises(EngineError) as raised:
+            engine.plan(plan_request())
+    assert raised.value.category == "engine_unavailable"
+    assert "gave up after 2 tries" in str(raised.value)  # asked at 0 and 0.5 s; 1.5 s is too late
+    assert len(server.requests) == 2
+
+
+def test_the_engine_does_not_wait_past_the_goals_deadline(make_engine: EngineFactory) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=0.2)
+    with scripted_chat_server([HttpError(503)]) as server:
+        engine = make_engine(server, retry_for_s=60)
+        with pytest.raises(EngineError, match="gave up after 1 tries"):
+            engine.plan(replace(plan_request(), deadline=soon))
+    assert len(server.requests) == 1
+
+
+def test_an_unreadable_wait_falls_back_to_the_backoff(make_engine: EngineFactory) -> None:
+    script: list[Reply] = [HttpError(503, retry_after="whenever"), Call("submit_plan", GOOD_PLAN)]
+    with scripted_chat_server(script) as server:
+        make_engine(server, retry_for_s=30).plan(plan_request())
+    assert len(server.requests) == 2
 
 
 def test_a_server_error_after_a_repair_keeps_the_usage_spent(make_engine: EngineFactory) -> None:
