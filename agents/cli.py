@@ -76,6 +76,27 @@ def _check(args: argparse.Namespace, settings: MeshSettings) -> int:
     return 0
 
 
+def _ledger_prune(args: argparse.Namespace, settings: MeshSettings) -> int:
+    from agents.ledger.db import open_pool  # noqa: PLC0415
+    from agents.ledger.prune import prune  # noqa: PLC0415
+    from agents.runtime.services import check_postgres  # noqa: PLC0415
+
+    days: float = args.older_than
+    if not days >= 0:
+        raise ConfigError(f"--older-than takes a number of days, 0 or more, not {days:g}")
+    check_postgres(settings)
+    pool = open_pool(settings, max_size=1)
+    try:
+        pruned = prune(pool, mesh=settings.topic_prefix, older_than_days=days)
+    finally:
+        pool.close()
+    print(
+        f"pruned {pruned} goal(s) of mesh {settings.topic_prefix!r} "
+        f"that ended over {days:g} day(s) ago"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: MeshSettings) -> int:
     from agents.demo import run_demo  # noqa: PLC0415
 
@@ -106,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     listing = topics.add_parser("list", help="topics with partitions and end offsets")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_topics_list)
+    ledger = sub.add_parser("ledger", help="the ledger's upkeep").add_subparsers(required=True)
+    prune = ledger.add_parser(
+        "prune", help="delete goals that ended over DAYS ago, with everything hanging off them"
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.set_defaults(func=_ledger_prune)
     schemas = sub.add_parser("schemas", help="the Avro contract").add_subparsers(required=True)
     schemas.add_parser("check", help="models, files and history agree").set_defaults(
         func=_schemas_check

@@ -691,6 +691,10 @@ _REDIS_OPTIONS = {
     # No persistence: Redis holds short-lived state only, and the mesh must survive losing it.
     "save": "",
     "appendonly": "no",
+    # Every key the mesh writes has a TTL and each is an optimisation, so under pressure any may
+    # go (docs/architecture.md, "Short-lived state").
+    "maxmemory": "256mb",
+    "maxmemory-policy": "allkeys-lru",
     "daemonize": "no",  # we track the pid of the process we start
 }
 

@@ -284,7 +284,7 @@ class Planner:
         max_steps = state.goal.max_steps
 
         def validate(draft: PlanDraft) -> None:
-            validate_plan(draft, self._registry, max_steps)
+            validate_plan(draft, self._registry, max_steps, most=self.rules.limits.plan_steps)
 
         request = PlanRequest(
             goal_id=command.goal_id,

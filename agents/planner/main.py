@@ -11,6 +11,7 @@ import redis
 from agents import events as ev
 from agents.engines.select import engine_from_env
 from agents.ledger.outbox import LedgerSink, forget_seen, sweep
+from agents.ledger.prune import forget_fired_timers
 from agents.planner.agent import Limits, Planner
 from agents.planner.timers import fire_due
 from agents.runtime.app import AgentApp
@@ -25,6 +26,7 @@ HOUSEKEEPING_EVERY_S = 1.0
 TIMERS_EVERY_S = 0.1
 INBOX_EVERY_S = 60.0
 INBOX_CHUNK = 10_000  # inbox rows forgotten at most per look, so one look never holds it long
+FIRED_TIMERS_KEEP_S = 3600.0  # a fired timer is history; kept a while for whoever looks
 ROLES = ("goals", "results", "escalations")  # the topics the planner consumes
 # How long the inbox remembers an event: as long as any of those topics keeps it, after which
 # no consumer can be handed it again.
@@ -36,7 +38,7 @@ class Housekeeping:
     found none due), and at most once a second relay orphaned outbox rows and report tasks
     whose worker stopped heartbeating as failed with ``lease_expired`` so the evaluator retries
     them; once a minute (each second while there is a backlog), forget inbox entries older than any
-    of its topics keeps an event."""
+    of its topics keeps an event, and timers that fired over an hour ago."""
 
     def __init__(self, app: AgentApp, leases: Leases, planner: Planner, sink: LedgerSink) -> None:
         self._app = app
@@ -66,6 +68,9 @@ class Housekeeping:
         sweep(self._app.db, self._app.publisher)
         if now >= self._next_inbox:
             forgotten = forget_seen(self._app.db, older_than_s=INBOX_KEEP_S, limit=INBOX_CHUNK)
+            forgotten += forget_fired_timers(
+                self._app.db, older_than_s=FIRED_TIMERS_KEEP_S, limit=INBOX_CHUNK
+            )
             self._next_inbox = next_inbox_look(now, forgotten)
         expired = self._expired(now)
         for lease in expired:
@@ -123,6 +128,7 @@ def run(settings: MeshSettings) -> int:
             escalation_ttl_s=settings.escalation_ttl_s,
             escalation_default=settings.escalation_default,
             infra_retries=settings.infra_retries,
+            plan_steps=settings.max_plan_steps,
         ),
         on_cancel=flags.raise_flag,
         mesh=settings.topic_prefix,

@@ -21,10 +21,25 @@ from agents.tools.base import Registry, UnknownToolError
 REF = "$ref"
 
 
-def validate_plan(draft: PlanDraft, registry: Registry, max_steps: int) -> list[str]:
-    """Check ``draft``; return its step ids in a dependency order. Raises ``PlanInvalid``."""
+DEFAULT_PLAN_STEPS = 1000
+
+
+def validate_plan(
+    draft: PlanDraft, registry: Registry, max_steps: int, *, most: int = DEFAULT_PLAN_STEPS
+) -> list[str]:
+    """Check ``draft``; return its step ids in a dependency order. Raises ``PlanInvalid``.
+
+    A plan of more than ``most`` steps is refused first: the checks below keep each step's
+    ancestors, which grows with the square of a chain's length (a 10,000-step chain took
+    seconds and gigabytes)."""
     if not draft.steps:
         raise PlanInvalid("empty_plan", "the plan has no steps")
+    if len(draft.steps) > most:
+        raise PlanInvalid(
+            "plan_too_large",
+            f"the plan has {len(draft.steps)} steps; plans may have at most {most} "
+            "(MESH_MAX_PLAN_STEPS)",
+        )
     if len(draft.steps) > max_steps:
         raise PlanInvalid(
             "too_many_steps", f"the plan has {len(draft.steps)} steps; the limit is {max_steps}"

@@ -27,6 +27,7 @@ class Limits:
     escalation_ttl_s: float = 3600.0
     escalation_default: str = "abort"
     infra_retries: int = 50  # attempts a step may lose to the infrastructure
+    plan_steps: int = 1000  # steps a plan may have (``MESH_MAX_PLAN_STEPS``)
     infra_backoff: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(initial_delay_s=0.5, factor=2.0, max_delay_s=10.0)
     )

@@ -59,6 +59,12 @@ class MeshSettings(BaseSettings):
     )
     sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
     lease_ttl_s: float = Field(10.0, gt=0)
+    replay_ttl_s: int = Field(
+        3600,
+        ge=60,
+        description="how long a worker keeps an attempt's outcome to send again, not redo, if "
+        "the attempt is delivered again (after a crash, within minutes)",
+    )
     worker_concurrency: int = Field(8, ge=1)
     instance: str | None = Field(
         None,
@@ -73,6 +79,12 @@ class MeshSettings(BaseSettings):
     )
     infra_retries: int = Field(
         50, ge=0, description="attempts a step may lose to worker deaths and lease expiries"
+    )
+    max_plan_steps: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="steps a plan may have; a larger one is refused before it costs the planner",
     )
     escalation_ttl_s: float = Field(3600.0, gt=0, description="how long a human has to answer")
     escalation_default: Literal["approve", "retry", "abort"] = "abort"

@@ -21,6 +21,7 @@ from agents.runtime.errors import PoisonRecord
 from schemas.codec import Codec
 
 log = logging.getLogger(__name__)
+LEASES_KEY_TTLS = 6  # the leases set outlives its last heartbeat by this many lease lengths
 RATE_LIMIT_RETRY_S = 1.0  # how often a rate-limited call asks again while Redis is away
 
 
@@ -104,8 +105,12 @@ class Leases:
                 held = list(self._held)
             if not held:
                 continue
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zadd(self._key, dict.fromkeys(held, time.time() + self._ttl))
+            # The set goes when it empties; a mesh whose workers all went leaves it for this long.
+            pipe.expire(self._key, int(self._ttl * LEASES_KEY_TTLS) + 1)
             try:
-                self._redis.zadd(self._key, dict.fromkeys(held, time.time() + self._ttl))
+                pipe.execute()
             except redis.RedisError as exc:  # Redis away: the leases may lapse, work goes on
                 log.warning("lease heartbeat failed: %s", exc)
 
@@ -158,7 +163,7 @@ class ReplayCache:
     """
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str, codec: Codec, ttl_s: int = 24 * 3600
+        self, client: redis.Redis, *, prefix: str, codec: Codec, ttl_s: int = 3600
     ) -> None:
         self._redis = client
         self._prefix = prefix

@@ -1,12 +1,14 @@
 """Tracing: one trace per goal, carried across Kafka hops in W3C ``traceparent`` headers.
 
 Spans go to OTLP when the standard ``OTEL_EXPORTER_OTLP_*`` variables are set, and otherwise to a
-local JSON-lines file (``MESH_TRACE_FILE``, default ``.mesh/traces.jsonl``) that ``mesh trace``
-reads. Only the entry points (CLI, tests) install a provider; library code just asks for a tracer.
+local JSON-lines file (``MESH_TRACE_FILE``, default ``.mesh/traces.jsonl``), which rotates at
+``MESH_TRACE_MAX_MB`` (default 100) keeping ``TRACE_FILES_KEPT`` older files. Only the entry
+points (CLI, tests) install a provider; library code just asks for a tracer.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import re
@@ -25,6 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from agents import __version__, jsontext
+from agents.runtime.errors import ConfigError
 
 HeaderValue = str | bytes | None
 Headers = list[tuple[str, HeaderValue]]
@@ -35,14 +38,25 @@ _HEX = re.compile("[0-9a-f]+")
 _KIND_NAMES = {kind: str(kind) for kind in SpanKind}
 
 
+TRACE_FILES_KEPT = 3  # rotated trace files kept beside the current one
+DEFAULT_TRACE_MAX_MB = 100
+
+
 class JsonLinesExporter(SpanExporter):
     """Appends each finished span as one JSON line to a file, in the shape of the SDK's
     ``ReadableSpan.to_json`` (without links), written compactly: a process's resource is
     serialised once, not once per span, which made the SDK's own form the biggest cost of
-    tracing."""
+    tracing.
 
-    def __init__(self, path: Path) -> None:
+    Every agent appends to the same file. Once it holds ``max_bytes``, the writer that notices
+    renames it to ``<name>.1`` (and ``.1`` to ``.2``, up to ``keep``) under a lock file; the
+    others notice that the name no longer points at the file they write, and reopen it."""
+
+    def __init__(self, path: Path, *, max_bytes: int, keep: int = TRACE_FILES_KEPT) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._max_bytes = max_bytes
+        self._keep = keep
         self._file: IO[str] = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
         self._resources: dict[int, str] = {}
@@ -52,7 +66,32 @@ class JsonLinesExporter(SpanExporter):
         with self._lock:
             self._file.write(lines)
             self._file.flush()
+            if self._file.tell() >= self._max_bytes:
+                self._rotate()
         return SpanExportResult.SUCCESS
+
+    def _rotate(self) -> None:
+        with self._path.with_name(self._path.name + ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the lock file is closed
+            if self._current():  # nobody rotated it meanwhile
+                self._shift()
+            self._file.close()
+            self._file = self._path.open("a", encoding="utf-8")
+
+    def _shift(self) -> None:
+        """``name.2`` -> ``name.3``, ``name.1`` -> ``name.2``, ``name`` -> ``name.1``; the oldest
+        kept is overwritten, so dropped."""
+        for n in range(self._keep, 0, -1):
+            newer = self._path.with_name(f"{self._path.name}.{n - 1}") if n > 1 else self._path
+            if newer.exists():
+                newer.replace(self._path.with_name(f"{self._path.name}.{n}"))
+
+    def _current(self) -> bool:
+        """Whether the file's name still points at the file this exporter writes."""
+        try:
+            return self._path.stat().st_ino == os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def shutdown(self) -> None:
         self._file.close()
@@ -134,7 +173,21 @@ def _exporter() -> SpanExporter:
         )
 
         return OTLPSpanExporter()
-    return JsonLinesExporter(Path(os.environ.get("MESH_TRACE_FILE", ".mesh/traces.jsonl")))
+    return JsonLinesExporter(
+        Path(os.environ.get("MESH_TRACE_FILE", ".mesh/traces.jsonl")),
+        max_bytes=_trace_max_mb() * 1024 * 1024,
+    )
+
+
+def _trace_max_mb() -> int:
+    raw = os.environ.get("MESH_TRACE_MAX_MB", "").strip()
+    if not raw:
+        return DEFAULT_TRACE_MAX_MB
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(
+            f"MESH_TRACE_MAX_MB must be a whole number of megabytes, 1 or more, not {raw!r}"
+        )
+    return int(raw)
 
 
 def inject(headers: Headers, context: Context | None = None) -> None:

@@ -24,7 +24,9 @@ def run(
         resources=app.tool_resources(),
         leases=leases,
         limiter=RateLimiter(app.redis, prefix=settings.topic_prefix),
-        replay=ReplayCache(app.redis, prefix=settings.topic_prefix, codec=app.codec),
+        replay=ReplayCache(
+            app.redis, prefix=settings.topic_prefix, codec=app.codec, ttl_s=settings.replay_ttl_s
+        ),
         redis_client=app.redis,
         worker_id=app.client_id,
         pools=pools,

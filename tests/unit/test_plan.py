@@ -170,3 +170,24 @@ def test_budgets_are_checked_before_each_dispatch(
 ) -> None:
     problem = budget_problem(goal(**changes), NOW, counting_steps=counting_steps)
     assert (problem[0] if problem else None) == expected
+
+
+def test_a_plan_past_the_size_limit_is_refused_before_its_checks() -> None:
+    """A chain of 10,000 steps (the largest max_steps) is refused by its length alone, without
+    building each step's ancestors, which took seconds and gigabytes."""
+    chain = PlanDraft(
+        steps=[
+            PlanStep(
+                id=f"s{n}",
+                tool="echo",
+                arguments={"value": n},
+                depends_on=[f"s{n - 1}"] if n else [],
+            )
+            for n in range(10_000)
+        ]
+    )
+    with pytest.raises(PlanInvalid, match=r"at most 1000 \(MESH_MAX_PLAN_STEPS\)") as caught:
+        validate_plan(chain, REGISTRY, 10_000)
+    assert caught.value.category == "plan_too_large"
+    at_the_limit = PlanDraft(steps=chain.steps[:1000])
+    assert validate_plan(at_the_limit, REGISTRY, 10_000)[-1] == "s999"
