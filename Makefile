@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 STACK := $(PYTHON) infra/stack.py
 PYTEST_ARGS ?=
 SCENARIO ?= happy
+# `make up BROKERS=3`: a KRaft cluster of three brokers instead of one (topics get three replicas,
+# two in sync). The choice is passed on to the launcher, and to `down` and `status`.
+ifdef BROKERS
+export MESH_KAFKA_BROKERS := $(BROKERS)
+endif
 ANSWER ?= retry
 
 .DEFAULT_GOAL := help
@@ -22,9 +27,9 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed ## create the Python environment with every dependency
 
-up: venv ## start Kafka, Postgres and Redis locally and create the topics (idempotent)
+up: venv ## start Kafka (BROKERS=3: a cluster), Postgres and Redis locally and create the topics
 	$(STACK) up
-	$(BIN)/mesh topics ensure
+	$(STACK) with-stack -- $(BIN)/mesh topics ensure
 
 down: ## stop the local stack processes that `make up` started
 	$(STACK) down

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -53,6 +54,7 @@ PG_SUPERUSER = "postgres"
 POLL_SECONDS = 0.25
 STOP_SECONDS = 30.0
 KILL_SECONDS = 10.0
+MAX_BROKERS = 5
 
 # Processes started by this Python process. A server we start and later stop ourselves (as
 # `with-stack` does) stays our child, so it must be reaped or it lingers as a zombie; keeping the
@@ -77,6 +79,7 @@ class StackConfig:
     pg_port: int
     redis_port: int
     kafka_heap: str
+    kafka_brokers: int = 1  # a KRaft cluster of this many brokers (each its own controller too)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -91,12 +94,16 @@ class StackConfig:
             pg_port=_port(env, "MESH_PG_PORT", 15432),
             redis_port=_port(env, "MESH_REDIS_PORT", 16379),
             kafka_heap=heap,
+            kafka_brokers=_brokers(env),
         )
-        ports = (cfg.kafka_port, cfg.kafka_controller_port, cfg.pg_port, cfg.redis_port)
-        if len(set(ports)) != len(ports):
+        ports = [cfg.pg_port, cfg.redis_port]
+        for node in kafka_nodes(cfg):
+            ports += [node.port, node.controller_port]
+        if len(set(ports)) != len(ports) or max(ports) > 65535:
             raise StackError(
                 "MESH_KAFKA_PORT, MESH_KAFKA_CONTROLLER_PORT, MESH_PG_PORT and "
-                "MESH_REDIS_PORT must all differ"
+                "MESH_REDIS_PORT must all differ (a cluster's broker N listens on "
+                "MESH_KAFKA_PORT + 2(N-1), its controller on MESH_KAFKA_CONTROLLER_PORT + 2(N-1))"
             )
         return cfg
 
@@ -113,6 +120,37 @@ class StackConfig:
 _HEAP = re.compile(r"(\d+)([kmg])", re.IGNORECASE)
 
 
+def _brokers(env: Mapping[str, str]) -> int:
+    raw = env.get("MESH_KAFKA_BROKERS", "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BROKERS:
+        raise StackError(
+            f"MESH_KAFKA_BROKERS={raw!r} should be a number of brokers, 1 to {MAX_BROKERS}"
+        )
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One Kafka process: a broker and a controller of the KRaft quorum."""
+
+    name: str  # "kafka" when it is the only one, else "kafka-<id>"
+    node_id: int
+    port: int
+    controller_port: int
+
+
+def kafka_nodes(cfg: StackConfig) -> list[KafkaNode]:
+    """The stack's Kafka processes: node N of a cluster listens two ports above node N-1."""
+    if cfg.kafka_brokers == 1:
+        return [KafkaNode("kafka", 1, cfg.kafka_port, cfg.kafka_controller_port)]
+    return [
+        KafkaNode(
+            f"kafka-{n}", n, cfg.kafka_port + 2 * (n - 1), cfg.kafka_controller_port + 2 * (n - 1)
+        )
+        for n in range(1, cfg.kafka_brokers + 1)
+    ]
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -123,12 +161,16 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def client_env(cfg: StackConfig) -> dict[str, str]:
-    """The variables that point the agents at this stack."""
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{cfg.kafka_port}",
+    """The variables that point the agents at this stack (on a cluster, topics are created with
+    three replicas, or as many as there are brokers)."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": ",".join(f"{HOST}:{n.port}" for n in kafka_nodes(cfg)),
         "DATABASE_URL": f"postgresql://{DB_NAME}@{HOST}:{cfg.pg_port}/{DB_NAME}",
         "REDIS_URL": f"redis://{HOST}:{cfg.redis_port}/0",
     }
+    if cfg.kafka_brokers > 1:
+        env["MESH_REPLICATION_FACTOR"] = str(min(3, cfg.kafka_brokers))
+    return env
 
 
 # --------------------------------------------------------------------------- services
@@ -203,7 +245,7 @@ def _service_pid(service: Service, cfg: StackConfig) -> int | None:
 
 def running_pids(cfg: StackConfig) -> dict[str, int]:
     """Service name -> pid, for the services of this stack that are running."""
-    pids = {service.name: _service_pid(service, cfg) for service in SERVICES}
+    pids = {service.name: _service_pid(service, cfg) for service in services(cfg)}
     return {name: pid for name, pid in pids.items() if pid is not None}
 
 
@@ -373,32 +415,36 @@ def _java() -> str:
     return _tool("java", "apt-get install -y openjdk-17-jre-headless")
 
 
-def _kafka_properties_file(cfg: StackConfig) -> Path:
-    return cfg.service_dir("kafka") / "server.properties"
+def _kafka_properties_file(cfg: StackConfig, node: KafkaNode) -> Path:
+    return cfg.service_dir(node.name) / "server.properties"
 
 
-def _kafka_log_dir(cfg: StackConfig) -> Path:
-    return cfg.service_dir("kafka") / "data"
+def _kafka_log_dir(cfg: StackConfig, node: KafkaNode) -> Path:
+    return cfg.service_dir(node.name) / "data"
 
 
-def _kafka_properties(cfg: StackConfig) -> dict[str, str]:
-    plain, controller = f"{HOST}:{cfg.kafka_port}", f"{HOST}:{cfg.kafka_controller_port}"
+def _kafka_properties(cfg: StackConfig, node: KafkaNode) -> dict[str, str]:
+    plain, controller = f"{HOST}:{node.port}", f"{HOST}:{node.controller_port}"
+    nodes = kafka_nodes(cfg)
+    # Internal topics as replicated as the mesh's own (three copies, two in sync) when they can be.
+    replicas, in_sync = str(min(3, len(nodes))), str(min(2, len(nodes)))
     return {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{controller}",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": ",".join(
+            f"{n.node_id}@{HOST}:{n.controller_port}" for n in nodes
+        ),
         "listeners": f"PLAINTEXT://{plain},CONTROLLER://{controller}",
         "advertised.listeners": f"PLAINTEXT://{plain}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",
-        "log.dirs": str(_kafka_log_dir(cfg)),
-        # One broker: internal topics cannot have more than one replica.
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "log.dirs": str(_kafka_log_dir(cfg, node)),
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
         # Tests start consumers and expect them to be assigned partitions at once.
         "group.initial.rebalance.delay.ms": "0",
         # Topics are created on purpose, with their intended settings, never by a typo.
@@ -410,9 +456,9 @@ def _kafka_properties(cfg: StackConfig) -> dict[str, str]:
     }
 
 
-def _write_kafka_properties(cfg: StackConfig) -> Path:
-    path = _kafka_properties_file(cfg)
-    lines = [f"{key}={value}" for key, value in _kafka_properties(cfg).items()]
+def _write_kafka_properties(cfg: StackConfig, node: KafkaNode) -> Path:
+    path = _kafka_properties_file(cfg, node)
+    lines = [f"{key}={value}" for key, value in _kafka_properties(cfg, node).items()]
     path.write_text(
         "# Written by infra/stack.py on every start; edit the launcher, not this.\n"
         + "\n".join(lines)
@@ -451,34 +497,59 @@ def _half_heap(heap: str) -> str:
     return f"{max(kib // 2, 1)}k"
 
 
-def _format_kafka_storage(cfg: StackConfig, properties: Path) -> None:
-    """KRaft needs its log folder formatted once; meta.properties marks that it was."""
-    if (_kafka_log_dir(cfg) / "meta.properties").is_file():
+def _format_kafka_storage(cfg: StackConfig, node: KafkaNode, properties: Path) -> None:
+    """KRaft needs its log folder formatted once; meta.properties marks that it was. The nodes of
+    a cluster share one cluster id, kept beside their folders."""
+    if (_kafka_log_dir(cfg, node) / "meta.properties").is_file():
         return
-    _say("formatting Kafka storage ...")
-    tool = ["kafka.tools.StorageTool", "format", "-t", _new_cluster_id(), "-c", str(properties)]
+    _say(f"formatting {node.name} storage ...")
+    tool = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(cfg), "-c", str(properties)]
     _run([*_kafka_java_argv("256m", "64m"), *tool], "kafka-storage format")
 
 
-def _prepare_kafka(cfg: StackConfig) -> Launch:
+def _cluster_id(cfg: StackConfig) -> str:
+    if cfg.kafka_brokers == 1:
+        return _new_cluster_id()
+    path = cfg.data_dir / f"kafka-cluster-{cfg.kafka_brokers}.id"
+    if not path.is_file():
+        path.write_text(_new_cluster_id() + "\n")
+    return path.read_text().strip()
+
+
+def _prepare_kafka(cfg: StackConfig, node: KafkaNode) -> Launch:
     ensure_jars()
-    cfg.service_dir("kafka").mkdir(parents=True, exist_ok=True)
-    properties = _write_kafka_properties(cfg)
-    _format_kafka_storage(cfg, properties)
+    cfg.service_dir(node.name).mkdir(parents=True, exist_ok=True)
+    properties = _write_kafka_properties(cfg, node)
+    _format_kafka_storage(cfg, node, properties)
     argv = [
         *_kafka_java_argv(cfg.kafka_heap, _half_heap(cfg.kafka_heap)),
         "kafka.Kafka",
         str(properties),
     ]
-    return Launch(argv=argv, cwd=cfg.service_dir("kafka"))
+    return Launch(argv=argv, cwd=cfg.service_dir(node.name))
 
 
-def _owns_kafka(cfg: StackConfig, argv: list[str]) -> bool:
+def _owns_kafka(cfg: StackConfig, node: KafkaNode, argv: list[str]) -> bool:
     return (
         bool(argv)
         and Path(argv[0]).name == "java"
         and "kafka.Kafka" in argv
-        and str(_kafka_properties_file(cfg)) in argv
+        and str(_kafka_properties_file(cfg, node)) in argv
+    )
+
+
+def _kafka_service(node: KafkaNode) -> Service:
+    return Service(
+        name=node.name,
+        ports=lambda cfg: [
+            ("MESH_KAFKA_PORT", node.port),
+            ("MESH_KAFKA_CONTROLLER_PORT", node.controller_port),
+        ],
+        prepare=lambda cfg: _prepare_kafka(cfg, node),
+        answers=lambda cfg: kafka_answers(node.port),
+        finish=_nothing,
+        owns=lambda cfg, argv: _owns_kafka(cfg, node, argv),
+        ready_seconds=90,
     )
 
 
@@ -729,19 +800,7 @@ def _owns_redis(cfg: StackConfig, argv: list[str]) -> bool:
 # --------------------------------------------------------------------------- the stack
 
 
-SERVICES: tuple[Service, ...] = (
-    Service(
-        name="kafka",
-        ports=lambda cfg: [
-            ("MESH_KAFKA_PORT", cfg.kafka_port),
-            ("MESH_KAFKA_CONTROLLER_PORT", cfg.kafka_controller_port),
-        ],
-        prepare=_prepare_kafka,
-        answers=lambda cfg: kafka_answers(cfg.kafka_port),
-        finish=_nothing,
-        owns=_owns_kafka,
-        ready_seconds=60,
-    ),
+_DATA_SERVICES: tuple[Service, ...] = (
     Service(
         name="postgres",
         ports=lambda cfg: [("MESH_PG_PORT", cfg.pg_port)],
@@ -762,6 +821,11 @@ SERVICES: tuple[Service, ...] = (
         ready_seconds=30,
     ),
 )
+
+
+def services(cfg: StackConfig) -> tuple[Service, ...]:
+    """Every server of the stack: its Kafka nodes, Postgres and Redis."""
+    return (*(_kafka_service(node) for node in kafka_nodes(cfg)), *_DATA_SERVICES)
 
 
 def _stack_lock(cfg: StackConfig) -> contextlib.AbstractContextManager[None]:
@@ -798,17 +862,19 @@ def _start(services: Sequence[Service], cfg: StackConfig, started: list[str]) ->
         _say(f"started {service.name} (pid {pid}); log: {cfg.log_file(service.name)}")
 
 
-def up(cfg: StackConfig) -> list[str]:
-    """Start the services that are not running and wait until all answer.
+def up(cfg: StackConfig, only: Collection[str] | None = None) -> list[str]:
+    """Start the services that are not running (all, or those named in ``only``) and wait until
+    they answer.
 
     Returns the names of the services this call started. On failure it stops those again.
     """
+    chosen = [s for s in services(cfg) if only is None or s.name in only]
     with _stack_lock(cfg):
-        missing = [service for service in SERVICES if _service_pid(service, cfg) is None]
+        missing = [service for service in chosen if _service_pid(service, cfg) is None]
         started: list[str] = []
         try:
             _start(missing, cfg, started)
-            for service in SERVICES:
+            for service in chosen:
                 _wait_ready(service, cfg)
                 service.finish(cfg)
         except BaseException:
@@ -839,7 +905,7 @@ def _await_stop(service: Service, cfg: StackConfig, pid: int) -> None:
 
 
 def _stop(cfg: StackConfig, only: Collection[str] | None) -> list[str]:
-    chosen = [s for s in SERVICES if only is None or s.name in only]
+    chosen = [s for s in _stoppable(cfg) if only is None or s.name in only]
     # Signal all first, then wait: they shut down in parallel.
     signalled = [(s, _signal_if_ours(s, cfg, s.stop_signal)) for s in chosen]
     stopped = []
@@ -850,6 +916,19 @@ def _stop(cfg: StackConfig, only: Collection[str] | None) -> list[str]:
             _say(f"stopped {service.name} (pid {pid})")
         cfg.pid_file(service.name).unlink(missing_ok=True)
     return stopped
+
+
+def _stoppable(cfg: StackConfig) -> list[Service]:
+    """The stack's services, and the nodes of any cluster started on its ports and data folder
+    under another MESH_KAFKA_BROKERS, so `down` stops whatever `up` left running."""
+    known = list(services(cfg))
+    names = {s.name for s in known}
+    for brokers in range(2, MAX_BROKERS + 1):
+        for node in kafka_nodes(dataclasses.replace(cfg, kafka_brokers=brokers)):
+            if node.name not in names:
+                names.add(node.name)
+                known.append(_kafka_service(node))
+    return known
 
 
 def down(cfg: StackConfig, only: Collection[str] | None = None) -> list[str]:
@@ -864,7 +943,7 @@ def down(cfg: StackConfig, only: Collection[str] | None = None) -> list[str]:
 def _summary(cfg: StackConfig, started: Collection[str]) -> str:
     pids = running_pids(cfg)
     lines = []
-    for service in SERVICES:
+    for service in services(cfg):
         address = f"{HOST}:{service.ports(cfg)[0][1]}"
         note = "started" if service.name in started else "already running"
         lines.append(f"{service.name:<10}{address:<17}(pid {pids.get(service.name)})  {note}")
@@ -892,12 +971,12 @@ def _cmd_down(cfg: StackConfig, command: list[str]) -> int:
 
 def _cmd_status(cfg: StackConfig, command: list[str]) -> int:
     pids = running_pids(cfg)
-    for service in SERVICES:
+    for service in services(cfg):
         pid = pids.get(service.name)
         address = f"{HOST}:{service.ports(cfg)[0][1]}"
         state = f"running  {address:<17}(pid {pid})" if pid else "stopped"
         print(f"{service.name:<10}{state}")
-    return 0 if len(pids) == len(SERVICES) else 1
+    return 0 if len(pids) == len(services(cfg)) else 1
 
 
 def _cmd_pids(cfg: StackConfig, command: list[str]) -> int:

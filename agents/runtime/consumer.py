@@ -338,7 +338,10 @@ class ConsumerRuntime:
             self._offsets.finish(finished)
             ready = self._offsets.storable()
             if ready:
-                self._consumer.store_offsets(offsets=ready)
+                try:
+                    self._consumer.store_offsets(offsets=ready)
+                except KafkaException as exc:  # a partition lost meanwhile: its owner goes on
+                    log.warning("offsets not stored: %s", exc)
 
     def _flushed(self) -> bool:
         """Wait until the broker has every record sent, however long it is away; False when a
