@@ -20,6 +20,8 @@ EXIT_TIMEOUT = 4
 
 
 def run_agent(args: argparse.Namespace, settings: MeshSettings) -> int:
+    if args.app:
+        settings = settings.model_copy(update={"app": args.app})
     if args.role == "planner":
         from agents.planner.main import run as run_planner  # noqa: PLC0415 - one role per process
 
@@ -161,6 +163,9 @@ def _add_run(sub: Any) -> None:
     run.add_argument("role", choices=("planner", "worker", "evaluator"))
     run.add_argument("--pool", help="worker: comma-separated capability pools (default: all)")
     run.add_argument("--concurrency", type=int, help="worker: tasks run at once")
+    run.add_argument(
+        "--app", help="the MeshApp to load, package.module:attribute (default: MESH_APP)"
+    )
     run.set_defaults(func=run_agent)
 
 

@@ -161,10 +161,16 @@ def explicit_plan(data: Mapping[str, Any], *, replanning: bool = False) -> PlanD
         ) from exc
 
 
-PLAYBOOKS: tuple[Playbook, ...] = (
-    Playbook(name="onboarding", build=onboarding_plan, keywords=("onboard",)),
-    Playbook(name="steps", build=explicit_plan),
-)
+ONBOARDING = Playbook(name="onboarding", build=onboarding_plan, keywords=("onboard",))
+STEPS = Playbook(name="steps", build=explicit_plan)
+PLAYBOOKS: tuple[Playbook, ...] = (ONBOARDING, STEPS)
+
+
+def with_steps(playbooks: Sequence[Playbook]) -> tuple[Playbook, ...]:
+    """An app's playbooks and ``steps``, which every mesh offers (unless the app has its own)."""
+    if any(p.name == STEPS.name for p in playbooks):
+        return tuple(playbooks)
+    return (*playbooks, STEPS)
 
 
 # --- the engine --------------------------------------------------------------------------------

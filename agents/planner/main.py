@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import redis
 
 from agents import events as ev
+from agents.app import load_app
 from agents.engines.select import engine_from_env
 from agents.ledger.outbox import LedgerSink, forget_seen, sweep
 from agents.ledger.prune import forget_fired_timers
@@ -18,7 +19,6 @@ from agents.runtime.app import AgentApp
 from agents.runtime.consumer import Linger
 from agents.runtime.settings import MeshSettings
 from agents.runtime.shortlived import CancelFlags, Lease, Leases
-from agents.tools.catalogue import default_registry
 from topics.catalogue import spec_for
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,12 @@ def _lease_expired(lease: Lease) -> ev.TaskFailed:
 
 
 def run(settings: MeshSettings) -> int:
+    mesh_app = load_app(settings.app)
     app = AgentApp.start("planner", settings)
     flags = CancelFlags(app.redis, prefix=settings.topic_prefix)
     planner = Planner(
-        engine=engine_from_env(),
-        registry=default_registry(),
+        engine=engine_from_env(mesh_app.playbooks()),
+        registry=mesh_app.registry(),
         limits=Limits(
             same_failure=settings.same_failure_limit,
             no_progress=settings.no_progress_limit,

@@ -58,6 +58,11 @@ class MeshSettings(BaseSettings):
         5.0, ge=0, description="how long the planner waits for an outcome's verdict (0: never)"
     )
     sandbox_dir: str = Field(".mesh/sandbox", description="where local tools put artefacts")
+    app: str = Field(
+        "agents.apps.builtin:app",
+        description="the MeshApp every role loads (package.module:attribute): its tools and "
+        "playbooks",
+    )
     lease_ttl_s: float = Field(10.0, gt=0)
     replay_ttl_s: int = Field(
         3600,

@@ -1,11 +1,12 @@
-"""The tools this mesh ships: the onboarding example and the general-purpose ones."""
+"""The tools this mesh ships: the onboarding example and the general-purpose ones (the built-in
+app's, ``agents.apps.builtin``)."""
 
 from __future__ import annotations
 
 from agents.tools.base import Registry
-from agents.tools.builtin import BUILTIN_TOOLS
-from agents.tools.onboarding import ONBOARDING_TOOLS
 
 
 def default_registry() -> Registry:
-    return Registry((*ONBOARDING_TOOLS, *BUILTIN_TOOLS))
+    from agents.apps.builtin import app  # noqa: PLC0415 - the app imports the tools' modules
+
+    return app.registry()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from agents import events as ev
+from agents.app import load_app
 from agents.runtime.app import AgentApp
 from agents.runtime.consumer import HandlerSink
 from agents.runtime.settings import MeshSettings
 from agents.runtime.shortlived import CancelFlags, Leases, RateLimiter, ReplayCache
-from agents.tools.catalogue import default_registry
 from agents.worker.agent import Worker
 
 
@@ -17,10 +17,11 @@ def run(
     settings: MeshSettings, *, pools: Collection[str] = (), concurrency: int | None = None
 ) -> int:
     parallel = concurrency or settings.worker_concurrency
+    mesh_app = load_app(settings.app)
     app = AgentApp.start("worker", settings, db_size=parallel + 1)
     leases = Leases(app.redis, prefix=settings.topic_prefix, ttl_s=settings.lease_ttl_s)
     worker = Worker(
-        registry=default_registry(),
+        registry=mesh_app.registry(),
         resources=app.tool_resources(),
         leases=leases,
         limiter=RateLimiter(app.redis, prefix=settings.topic_prefix),

@@ -1,0 +1,1 @@
+"""Apps the mesh ships (``agents.app.MeshApp``)."""
