@@ -67,5 +67,6 @@ bench: venv ## benchmarks: the mesh against raw Kafka and peers (QUICK=1: about 
 chaos: venv ## goals under killed and paused agents: each completes or rolls back (GOALS, KILL_EVERY, SEED)
 	$(STACK) with-stack -- $(BIN)/python -m chaos --goals $(or $(GOALS),300) --kill-every $(or $(KILL_EVERY),3) $(if $(SEED),--seed $(SEED),)
 
-clean: down ## stop the stack and delete its data and the Python environment
-	rm -rf .mesh $(VENV) infra/kafka/target
+clean: ## stop the stack and delete its data and the Python environment
+	$(STACK) clean
+	rm -rf $(VENV) infra/kafka/target

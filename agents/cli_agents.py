@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from agents import events as ev
-from agents.client import EXIT_CODES, GoalStatus, MeshClient
+from agents.client import EXIT_CODES, TERMINAL, GoalStatus, MeshClient, TaskStatus
 from agents.runtime.settings import MeshSettings
 
 EXIT_TIMEOUT = 4
@@ -102,18 +103,34 @@ class Progress:
         self._goal = ""
 
     def show(self, status: GoalStatus) -> None:
+        """The lines of what changed, in the order it happened: several steps may have moved
+        between two looks (and the goal ended after them), so they are told by their times, and
+        the goal's end comes last."""
         if self._quiet:
             return
-        if status.status != self._goal:
-            self._goal = status.status
+        changed = [t for t in status.tasks if self._moved(t)]
+        goal_moved, self._goal = status.status != self._goal, status.status
+        ended = status.status in TERMINAL
+        if goal_moved and not ended:
             print(f"  goal      {status.status}")
-        for task in status.tasks:
-            state = (task.status, task.attempts)
-            if self._seen.get(task.step_id) != state and task.status != "pending":
-                self._seen[task.step_id] = state
-                retry = f" (attempt {task.attempts})" if task.attempts > 1 else ""
-                print(f"  {task.status:<11} {task.step_id} [{task.tool}]{retry}")
+        for task in sorted(changed, key=_when):
+            retry = f" (attempt {task.attempts})" if task.attempts > 1 else ""
+            print(f"  {task.status:<11} {task.step_id} [{task.tool}]{retry}")
+        if goal_moved and ended:
+            print(f"  goal      {status.status}")
         sys.stdout.flush()
+
+    def _moved(self, task: TaskStatus) -> bool:
+        state = (task.status, task.attempts)
+        if self._seen.get(task.step_id) == state or task.status == "pending":
+            return False
+        self._seen[task.step_id] = state
+        return True
+
+
+def _when(task: TaskStatus) -> datetime:
+    """When a task last moved, as far as its status says (one not started yet: last)."""
+    return task.finished_at or task.started_at or datetime.max.replace(tzinfo=UTC)
 
 
 def status(args: argparse.Namespace, settings: MeshSettings) -> int:

@@ -21,6 +21,7 @@ from agents.cli_agents import Progress, _print_status
 from agents.client import GoalStatus, MeshClient
 from agents.ledger.migrate import migrate
 from agents.runtime.fleet import Fleet
+from agents.runtime.logs import to_file
 from agents.runtime.services import check_all
 from agents.runtime.settings import MeshSettings
 from topics.admin import ensure
@@ -93,7 +94,9 @@ def run_demo(
     migrate(settings.database_url.get_secret_value())
     company = f"Acme {uuid.uuid4().hex[:6]}"
     print(f"demo: onboarding {company!r} (scenario {scenario}: {plan.about})")
-    fleet = Fleet(log_dir=Path(os.environ.get("MESH_DATA_DIR", ".mesh")) / "demo")
+    log_dir = Path(os.environ.get("MESH_DATA_DIR", ".mesh")) / "demo"
+    to_file(log_dir / "demo.log")  # the clients' own log lines, beside the agents'
+    fleet = Fleet(log_dir=log_dir)
     fleet.add("planner", "planner")
     fleet.add("worker-1", "worker")
     fleet.add("worker-2", "worker")

@@ -7,6 +7,7 @@ Standard library only, so it runs before the project's virtualenv exists.
     python3 infra/stack.py down        stop the processes that `up` started
     python3 infra/stack.py status      running/stopped per service; exit 1 unless all run
     python3 infra/stack.py pids        pids of the running services, one per line
+    python3 infra/stack.py clean       stop the stack and delete its data
     python3 infra/stack.py with-stack -- CMD ARGS...
                                        bring the stack up, run CMD, stop what this started
 
@@ -48,6 +49,8 @@ KAFKA_LOG_CONFIG = KAFKA_PROJECT / "log4j2.xml"
 # Records which pom.xml the jars in KAFKA_LIB were resolved from, so editing the pom re-resolves.
 JARS_STAMP = ".pom-sha256"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Where root keeps Postgres's data for a stack whose folder the postgres account cannot reach.
+PG_FALLBACK_ROOT = Path("/var/lib/agent-mesh")
 HOST = "127.0.0.1"
 DB_NAME = "mesh"  # both the role and the database the agents use
 PG_SUPERUSER = "postgres"
@@ -648,8 +651,16 @@ def _postgres_account() -> pwd.struct_passwd | None:
         ) from None
 
 
-def _pg_data(cfg: StackConfig) -> Path:
-    return cfg.service_dir("postgres") / "data"
+def pg_data(cfg: StackConfig) -> Path:
+    """Postgres's data folder: in the stack's folder, unless the account Postgres runs as cannot
+    reach that (a clone in root's private home): then in a folder of the stack's own under
+    ``PG_FALLBACK_ROOT``, named after the stack's folder."""
+    home = cfg.service_dir("postgres")
+    account = _postgres_account()
+    if account is None or _reachable(home, account):
+        return home / "data"
+    digest = hashlib.sha256(str(cfg.data_dir).encode()).hexdigest()[:16]
+    return PG_FALLBACK_ROOT / digest / "data"
 
 
 def _searchable(folder: Path, uid: int, groups: Collection[int]) -> bool:
@@ -661,19 +672,19 @@ def _searchable(folder: Path, uid: int, groups: Collection[int]) -> bool:
     return bool(info.st_mode & stat.S_IXOTH)
 
 
-def _check_reachable(folder: Path, account: pwd.struct_passwd) -> None:
+def _reachable(folder: Path, account: pwd.struct_passwd) -> bool:
+    """Whether ``account`` can get to ``folder`` (every folder on the way searchable by it); a
+    folder not made yet counts as its nearest existing parent."""
     groups = _groups(account)
-    for parent in [folder, *folder.parents]:
-        if not _searchable(parent, account.pw_uid, groups):
-            raise StackError(
-                f"the {account.pw_name} user cannot reach {folder}: {parent} is not "
-                f"searchable by it; run `chmod o+x {parent}` or point "
-                "MESH_DATA_DIR at a folder it can reach"
-            )
+    return all(
+        _searchable(parent, account.pw_uid, groups)
+        for parent in [folder, *folder.parents]
+        if parent.exists()
+    )
 
 
 def _init_postgres(cfg: StackConfig, account: pwd.struct_passwd | None) -> None:
-    data = _pg_data(cfg)
+    data = pg_data(cfg)
     if (data / "PG_VERSION").is_file():
         return
     initdb = _tool(str(PG_BIN / "initdb"), "apt-get install -y postgresql-15")
@@ -705,10 +716,9 @@ def _prepare_postgres(cfg: StackConfig) -> Launch:
     _tool("psql", "apt-get install -y postgresql-client-15")
     account = _postgres_account()
     cfg.service_dir("postgres").mkdir(parents=True, exist_ok=True)
-    if account is not None:
-        _check_reachable(cfg.service_dir("postgres"), account)
+    data = pg_data(cfg)
+    data.parent.mkdir(parents=True, exist_ok=True)
     _init_postgres(cfg, account)
-    data = _pg_data(cfg)
     argv = [postgres, "-D", str(data), "-p", str(cfg.pg_port)]
     for name, value in _PG_SETTINGS.items():
         argv += ["-c", f"{name}={value}"]
@@ -751,7 +761,7 @@ def _create_mesh_database(cfg: StackConfig) -> None:
 
 
 def _owns_postgres(cfg: StackConfig, argv: list[str]) -> bool:
-    return bool(argv) and Path(argv[0]).name == "postgres" and str(_pg_data(cfg)) in argv
+    return bool(argv) and Path(argv[0]).name == "postgres" and str(pg_data(cfg)) in argv
 
 
 # --------------------------------------------------------------------------- redis
@@ -963,6 +973,17 @@ def _cmd_up(cfg: StackConfig, command: list[str]) -> int:
     return 0
 
 
+def _cmd_clean(cfg: StackConfig, command: list[str]) -> int:
+    """Stop the stack and delete its data, wherever Postgres kept its own."""
+    down(cfg)
+    data = pg_data(cfg)
+    if data.parent.parent == PG_FALLBACK_ROOT:
+        shutil.rmtree(data.parent, ignore_errors=True)
+    shutil.rmtree(cfg.data_dir, ignore_errors=True)
+    print(f"deleted {cfg.data_dir}")
+    return 0
+
+
 def _cmd_down(cfg: StackConfig, command: list[str]) -> int:
     if not down(cfg):
         print("nothing was running")
@@ -1034,6 +1055,7 @@ COMMANDS: dict[str, Callable[[StackConfig, list[str]], int]] = {
     "jars": _cmd_jars,
     "up": _cmd_up,
     "down": _cmd_down,
+    "clean": _cmd_clean,
     "status": _cmd_status,
     "pids": _cmd_pids,
     "with-stack": _cmd_with_stack,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -56,8 +57,20 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str = "INFO") -> None:
     """Send JSON lines to stderr; called once by the CLI."""
-    handler = logging.StreamHandler(sys.stderr)
+    _send_to(logging.StreamHandler(sys.stderr))
+    logging.getLogger().setLevel(level.upper())
+
+
+def to_file(path: Path) -> None:
+    """Send the JSON lines to ``path`` instead (a command whose screen tells a story of its own,
+    such as the demo: a library's warning there would interrupt it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _send_to(logging.FileHandler(path, encoding="utf-8"))
+
+
+def _send_to(handler: logging.Handler) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
+    for old in root.handlers:
+        old.close()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())

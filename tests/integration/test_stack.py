@@ -118,3 +118,27 @@ def test_up_is_idempotent_and_down_stops_what_it_started(stack_env: dict[str, st
     )
     assert stack.running_pids(cfg) == {}
     assert not any(cfg.pid_file(name).exists() for name in first)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as another account")
+def test_postgres_starts_for_a_stack_in_a_folder_its_account_cannot_reach(
+    stack_env: dict[str, str],
+) -> None:
+    """A clone in root's home (mode 700): Postgres, which runs as its own account, keeps its data
+    in a folder of the stack's own it can reach, and `clean` deletes that too."""
+    private = Path(stack_env["MESH_DATA_DIR"]) / "home"
+    private.mkdir(mode=0o700)
+    env = stack_env | {"MESH_DATA_DIR": str(private / ".mesh")}
+    cfg = stack.StackConfig.from_env(env)
+    try:
+        assert stack.up(cfg, only={"postgres"}) == ["postgres"]
+        assert stack.postgres_answers(cfg.pg_port)
+        data = stack.pg_data(cfg)
+        assert data.is_relative_to(stack.PG_FALLBACK_ROOT)
+        assert (data / "PG_VERSION").is_file()
+    finally:
+        _launcher(env, "clean")
+    assert not (private / ".mesh").exists()
+    assert not data.parent.exists()
+    assert stack.running_pids(cfg) == {}
