@@ -57,6 +57,7 @@ __all__ = [
 A = TypeVar("A", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 Build = Callable[[Mapping[str, Any]], PlanDraft]
+Named = TypeVar("Named", Tool[Any, Any], Playbook)
 
 DEFAULT_APP = "agents.apps.builtin:app"
 
@@ -84,12 +85,7 @@ class MeshApp:
 
     def add_tools(self, *tools: Tool[Any, Any]) -> None:
         """Add tools made elsewhere (with ``agents.tools.base.tool``)."""
-        known = {t.name for t in self._tools}
-        for t in tools:
-            if t.name in known:
-                raise ValueError(f"app {self.name!r} has two tools named {t.name!r}")
-            known.add(t.name)
-            self._tools.append(t)
+        self._add("tools", self._tools, tools)
 
     def playbook(self, name: str, *, keywords: Iterable[str] = ()) -> Callable[[Build], Build]:
         """Declare a playbook of the offline engine: ``build(goal_input) -> PlanDraft``, chosen for
@@ -102,12 +98,16 @@ class MeshApp:
         return wrap
 
     def add_playbooks(self, *playbooks: Playbook) -> None:
-        known = {p.name for p in self._playbooks}
-        for p in playbooks:
-            if p.name in known:
-                raise ValueError(f"app {self.name!r} has two playbooks named {p.name!r}")
-            known.add(p.name)
-            self._playbooks.append(p)
+        self._add("playbooks", self._playbooks, playbooks)
+
+    def _add(self, kind: str, held: list[Named], new: Iterable[Named]) -> None:
+        """Append ``new`` to ``held``, refusing a name the app already has."""
+        known = {item.name for item in held}
+        for item in new:
+            if item.name in known:
+                raise ValueError(f"app {self.name!r} has two {kind} named {item.name!r}")
+            known.add(item.name)
+            held.append(item)
 
     def include(self, other: MeshApp) -> None:
         """Everything ``other`` declares, as if declared here."""

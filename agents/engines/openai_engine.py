@@ -66,6 +66,7 @@ _MAX_ERRORS_SHOWN = 5  # schema errors quoted back to the model; more only add n
 _SNAPSHOT_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 T = TypeVar("T", bound=BaseModel)
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -403,23 +404,23 @@ def _client(
 
 
 def _int_setting(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    return _setting(env, name, default, int, "a whole number")
 
 
 def _float_setting(env: Mapping[str, str], name: str, default: float) -> float:
+    return _setting(env, name, default, float, "a number of seconds")
+
+
+def _setting(
+    env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], what: str
+) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+        raise ConfigError(f"{name} must be {what}, not {raw!r}") from None
 
 
 def _transport_error(exc: openai.APIError, *, where: str, model: str, usage: Usage) -> EngineError:

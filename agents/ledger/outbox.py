@@ -306,20 +306,6 @@ def forget(conn: Connection, ids: Sequence[int]) -> None:
         conn.execute("delete from outbox where id = any(%b)", (list(ids),))
 
 
-def forget_seen(pool: ConnectionPool, *, older_than_s: float, limit: int = 10_000) -> int:
-    """Delete inbox rows older than ``older_than_s`` (at most ``limit`` at a time, so one call
-    never holds the table for long); returns how many. Call it with the longest retention of the
-    topics the inbox guards: an event older than that is gone from the log and cannot be
-    delivered again."""
-    with pool.connection() as conn, conn.transaction():
-        cursor = conn.execute(
-            "delete from inbox where ctid = any(array(select ctid from inbox "
-            "where seen_at < now() - make_interval(secs => %s) limit %s))",
-            (older_than_s, limit),
-        )
-        return cursor.rowcount
-
-
 def sweep(pool: ConnectionPool, publisher: Publisher, *, older_than_s: float = 2.0) -> int:
     """Send outbox records of this publisher's mesh (its topic prefix: several meshes may share
     one ledger) that their writer did not relay (it died); returns how many."""

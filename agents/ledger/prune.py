@@ -7,8 +7,9 @@ them (the schema cascades), and so do the effect memos and fences their tools ke
 (``<goal>:<step>:...``). Goals still running or waiting for a human are never touched. What the
 tools made in their own systems (organisations, billing accounts, emails) is theirs to keep.
 
-``forget_fired_timers`` is the planner's own housekeeping: a fired timer is history once it has
-fired, and the planner removes those older than an hour on its own schedule.
+``forget_seen`` and ``forget_fired_timers`` are the planner's own housekeeping, on its own
+schedule: inbox entries older than any topic keeps an event, and timers that fired over an hour
+ago.
 """
 
 from __future__ import annotations
@@ -46,12 +47,27 @@ def prune(pool: ConnectionPool, *, mesh: str, older_than_days: float, chunk: int
             pruned += len(ids)
 
 
+def forget_seen(pool: ConnectionPool, *, older_than_s: float, limit: int = 10_000) -> int:
+    """Delete inbox rows older than ``older_than_s`` (at most ``limit``); returns how many. Call it
+    with the longest retention of the topics the inbox guards: an event older than that is gone
+    from the log and cannot be delivered again."""
+    return _forget_older(pool, "inbox", "seen_at", older_than_s, limit)
+
+
 def forget_fired_timers(pool: ConnectionPool, *, older_than_s: float, limit: int = 10_000) -> int:
     """Delete timers that fired more than ``older_than_s`` ago (at most ``limit``)."""
+    return _forget_older(pool, "timers", "fired_at", older_than_s, limit)
+
+
+def _forget_older(
+    pool: ConnectionPool, table: str, stamp: str, older_than_s: float, limit: int
+) -> int:
+    """Delete at most ``limit`` rows of ``table`` whose ``stamp`` is older than ``older_than_s``,
+    so one call never holds the table for long; returns how many."""
     with pool.connection() as conn, conn.transaction():
         cursor = conn.execute(
-            "delete from timers where timer_id = any(array(select timer_id from timers "
-            "where fired_at < now() - make_interval(secs => %s) limit %s))",
+            f"delete from {table} where ctid = any(array(select ctid from {table} "  # noqa: S608
+            f"where {stamp} < now() - make_interval(secs => %s) limit %s))",
             (older_than_s, limit),
         )
         return cursor.rowcount

@@ -11,8 +11,8 @@ import redis
 from agents import events as ev
 from agents.app import load_app
 from agents.engines.select import engine_from_env
-from agents.ledger.outbox import LedgerSink, forget_seen, sweep
-from agents.ledger.prune import forget_fired_timers
+from agents.ledger.outbox import LedgerSink, sweep
+from agents.ledger.prune import forget_fired_timers, forget_seen
 from agents.planner.agent import Limits, Planner
 from agents.planner.timers import fire_due
 from agents.runtime.app import AgentApp

@@ -13,7 +13,8 @@ from agents import events as ev
 from agents.engines.offline import OfflineEngine
 from agents.enums import TimerKind
 from agents.ledger.db import Connection, open_pool
-from agents.ledger.outbox import LedgerSink, forget_seen, store, sweep
+from agents.ledger.outbox import LedgerSink, store, sweep
+from agents.ledger.prune import forget_seen
 from agents.planner import repository
 from agents.planner.agent import Planner
 from agents.planner.changes import TimerSet
