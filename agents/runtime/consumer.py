@@ -116,9 +116,9 @@ record's handling). Without one, every record has its ``process_span`` name."""
 @dataclass
 class Backoff:
     """Capped exponential backoff for transient handler failures. A record's own transient
-    failures are retried ``max_attempts`` times within ``max_elapsed_s`` at most (about 15 s
-    with the defaults), then the record is given up on; an outage is waited out without a
-    bound."""
+    failures are retried until ``max_attempts`` tries or ``max_elapsed_s`` have passed (with the
+    defaults, eight tries over about 6 s), then the record is given up on; an outage is
+    waited out without a bound."""
 
     initial_s: float = 0.05
     factor: float = 2.0

@@ -50,7 +50,6 @@ class Leases:
     def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float = 10.0) -> None:
         self._redis = client
         self._key = f"{prefix}leases"
-        self._ttl = ttl_s
         self.ttl_s = ttl_s
         self._held: set[str] = set()
         self._lock = threading.Lock()
@@ -64,7 +63,7 @@ class Leases:
         members = [lease.member() for lease in leases]
         with self._lock:
             self._held.update(members)
-        scores = dict.fromkeys(members, time.time() + self._ttl)
+        scores = dict.fromkeys(members, time.time() + self.ttl_s)
         if pipe is not None:
             pipe.zadd(self._key, scores)
             return
@@ -100,15 +99,15 @@ class Leases:
         self._stop.set()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._ttl / 3):
+        while not self._stop.wait(self.ttl_s / 3):
             with self._lock:
                 held = list(self._held)
             if not held:
                 continue
             pipe = self._redis.pipeline(transaction=False)
-            pipe.zadd(self._key, dict.fromkeys(held, time.time() + self._ttl))
+            pipe.zadd(self._key, dict.fromkeys(held, time.time() + self.ttl_s))
             # The set goes when it empties; a mesh whose workers all went leaves it for this long.
-            pipe.expire(self._key, int(self._ttl * LEASES_KEY_TTLS) + 1)
+            pipe.expire(self._key, int(self.ttl_s * LEASES_KEY_TTLS) + 1)
             try:
                 pipe.execute()
             except redis.RedisError as exc:  # Redis away: the leases may lapse, work goes on
